@@ -1,0 +1,149 @@
+//! The agent API: HTTP/1.1 + JSON on a local address, so agents in any
+//! language can join the mesh with an HTTP client.
+//!
+//! | method | path | body / query | answer |
+//! |---|---|---|---|
+//! | GET | `/v1/status` | | node status (JSON) |
+//! | GET | `/v1/peers` | | live peers (JSON array) |
+//! | POST | `/v1/publish` | `{"topic": "...", "text": "..."}` or `{"topic": "...", "data_b64": "..."}` | `{"id", "sequence", "timestamp_us"}` |
+//! | GET | `/v1/subscribe?topic=T` | `topic` optional (all topics when absent) | NDJSON stream, one delivered message per line |
+//! | GET | `/metrics` | | Prometheus text format |
+//!
+//! A subscriber that falls more than 4096 messages behind gets a line
+//! `{"lagged": N}` saying how many it missed (also counted in
+//! `mesh.agent.messages.lagged`); the stream then continues.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::node::{PublishError, Shared};
+
+/// Body of `POST /v1/publish`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Topic, 1 to 255 bytes.
+    pub topic: String,
+    /// UTF-8 body.
+    pub text: Option<String>,
+    /// Binary body, base64.
+    pub data_b64: Option<String>,
+}
+
+/// Query of `GET /v1/subscribe`.
+#[derive(Debug, Deserialize)]
+pub struct SubscribeQuery {
+    /// Only this topic (all when absent).
+    pub topic: Option<String>,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Response {
+    match s.status().await {
+        Some(st) => Json(st).into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "node stopping"),
+    }
+}
+
+async fn peers(State(s): State<Arc<Shared>>) -> Response {
+    match s.peers().await {
+        Some(p) => Json(p).into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "node stopping"),
+    }
+}
+
+async fn publish(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let req: PublishRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    let data = match (req.text, req.data_b64) {
+        (Some(t), None) => t.into_bytes(),
+        (None, Some(b)) => {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(b) {
+                Ok(d) => d,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad data_b64: {e}")),
+            }
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of `text` or `data_b64`"),
+    };
+    match s.publish(req.topic, data).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e @ PublishError::Encode(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn subscribe(State(s): State<Arc<Shared>>, Query(q): Query<SubscribeQuery>) -> Response {
+    let rx = s.deliveries.subscribe();
+    s.metrics.subscribers.inc();
+    let guard = SubscriberGuard(s.clone());
+    let stream = futures_util::stream::unfold((rx, guard, q.topic), |(mut rx, guard, topic)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(d) => {
+                    if topic.as_deref().is_some_and(|t| t != d.topic) {
+                        continue;
+                    }
+                    let mut line = serde_json::to_vec(&*d).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::io::Error>(line), (rx, guard, topic)));
+                }
+                Err(RecvError::Lagged(n)) => {
+                    guard.0.metrics.lagged.inc_by(n);
+                    let line = format!("{{\"lagged\":{n}}}\n").into_bytes();
+                    return Some((Ok(line), (rx, guard, topic)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "stream"))
+}
+
+/// Decrements the subscriber gauge when a stream ends.
+struct SubscriberGuard(Arc<Shared>);
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.metrics.subscribers.dec();
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.render_metrics(),
+    )
+        .into_response()
+}
+
+/// Serves the API until the task is aborted.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/publish", post(publish))
+        .route("/v1/subscribe", get(subscribe))
+        .route("/metrics", get(metrics))
+        .with_state(shared);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "agent API stopped");
+    }
+}

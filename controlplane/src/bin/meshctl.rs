@@ -1,0 +1,103 @@
+//! `meshctl`: talks to a running `meshd` over its agent API.
+//!
+//! ```text
+//! meshctl [--api 127.0.0.1:7480] status
+//! meshctl peers
+//! meshctl publish TOPIC TEXT
+//! meshctl subscribe TOPIC [--count N]
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+/// Client for the meshd agent API.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Agent API address of the node.
+    #[arg(long, default_value = "127.0.0.1:7480", env = "MESHD_API")]
+    api: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Node status (JSON).
+    Status,
+    /// Live peers (JSON).
+    Peers,
+    /// Publish TEXT on TOPIC.
+    Publish {
+        /// Topic (1-255 bytes).
+        topic: String,
+        /// Message text.
+        text: String,
+    },
+    /// Print messages on TOPIC as they arrive, one JSON object per line.
+    Subscribe {
+        /// Topic.
+        topic: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+fn get(url: &str) -> anyhow::Result<serde_json::Value> {
+    let resp = ureq::get(url).call().with_context(|| format!("GET {url}"))?;
+    resp.into_json().context("reading JSON")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let base = format!("http://{}", args.api);
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    match args.cmd {
+        Cmd::Status => {
+            let v = get(&format!("{base}/v1/status"))?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        }
+        Cmd::Peers => {
+            let v = get(&format!("{base}/v1/peers"))?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        }
+        Cmd::Publish { topic, text } => {
+            let resp = ureq::post(&format!("{base}/v1/publish"))
+                .send_json(serde_json::json!({ "topic": topic, "text": text }));
+            match resp {
+                Ok(r) => {
+                    let v: serde_json::Value = r.into_json()?;
+                    writeln!(out, "{v}")?;
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    let body = r.into_string().unwrap_or_default();
+                    bail!("publish failed ({code}): {body}");
+                }
+                Err(e) => return Err(e).context("POST /v1/publish"),
+            }
+        }
+        Cmd::Subscribe { topic, count } => {
+            let url = format!("{base}/v1/subscribe");
+            let resp = ureq::get(&url)
+                .query("topic", &topic)
+                .call()
+                .with_context(|| format!("GET {url}"))?;
+            let reader = BufReader::new(resp.into_reader());
+            let mut n = 0;
+            for line in reader.lines() {
+                let line = line.context("reading stream")?;
+                writeln!(out, "{line}")?;
+                out.flush()?;
+                n += 1;
+                if count.is_some_and(|c| n >= c) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}

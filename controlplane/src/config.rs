@@ -1,0 +1,350 @@
+//! `meshd` configuration: a TOML file whose every key is optional.
+//!
+//! `controlplane/default.toml` lists every key with a paragraph on what it
+//! does, its unit, default and range; a test keeps it equal to
+//! [`Config::default`]. Unknown keys are rejected, and every semantic error
+//! names the TOML path of the offending key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type (the message names it).
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Parser message, naming the key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: `{field}` {problem}")]
+    Invalid {
+        /// TOML path of the key.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identity and addresses.
+    pub node: NodeConfig,
+    /// Dissemination and peer management.
+    pub gossip: GossipConfig,
+    /// Fast-path settings.
+    pub dataplane: DataplaneConfig,
+}
+
+/// `[node]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Ed25519 key file; created with mode 0600 on first start.
+    pub key_file: PathBuf,
+    /// UDP address the mesh listens on.
+    pub listen: SocketAddr,
+    /// Agent API and `/metrics` (HTTP). Keep it on loopback or a Unix-only
+    /// network: it is unauthenticated.
+    pub api_listen: SocketAddr,
+    /// Seed nodes to join through (UDP addresses). Empty for the first node.
+    pub bootstrap: Vec<SocketAddr>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            key_file: PathBuf::from("/var/lib/meshd/node.key"),
+            listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            bootstrap: Vec::new(),
+        }
+    }
+}
+
+/// `[gossip]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipConfig {
+    /// Peers each new data message is pushed to.
+    pub fanout: usize,
+    /// Hop limit of messages this node publishes.
+    pub hop_limit: u8,
+    /// Messages older than this (by origin timestamp) are dropped as replays.
+    pub replay_window_ms: u64,
+    /// Messages stamped further than this in the future are dropped.
+    pub max_clock_skew_ms: u64,
+    /// Seen-cache slots (16 bytes each).
+    pub dedup_capacity: usize,
+    /// Interval of heartbeats to live peers.
+    pub heartbeat_interval_ms: u64,
+    /// A peer not heard from for this long is dropped from the live set.
+    pub peer_timeout_ms: u64,
+    /// Interval of peer-list exchange with one random peer.
+    pub peer_exchange_interval_ms: u64,
+    /// Interval of anti-entropy digests (IHAVE) to one random peer.
+    pub anti_entropy_interval_ms: u64,
+    /// Most message ids one anti-entropy round advertises.
+    pub anti_entropy_max_ids: usize,
+    /// How long published messages are kept for anti-entropy repair.
+    pub retention_ms: u64,
+    /// Most messages kept for repair.
+    pub max_stored_messages: usize,
+    /// Most live peers kept.
+    pub max_peers: usize,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            fanout: 3,
+            hop_limit: 6,
+            replay_window_ms: 120_000,
+            max_clock_skew_ms: 5_000,
+            dedup_capacity: 1 << 20,
+            heartbeat_interval_ms: 500,
+            peer_timeout_ms: 3_000,
+            peer_exchange_interval_ms: 1_000,
+            anti_entropy_interval_ms: 250,
+            anti_entropy_max_ids: 512,
+            retention_ms: 60_000,
+            max_stored_messages: 65_536,
+            max_peers: 64,
+        }
+    }
+}
+
+/// Which fast-path backend carries the mesh's UDP traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Kernel UDP sockets with `recvmmsg`/`sendmmsg` (works everywhere).
+    Udp,
+}
+
+/// `[dataplane]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// Backend.
+    pub backend: Backend,
+    /// Datagrams per receive batch.
+    pub batch_size: usize,
+    /// Core to pin the receive tile to (none: let the scheduler decide).
+    pub rx_core: Option<usize>,
+    /// Kernel receive buffer (bytes).
+    pub socket_rcvbuf: usize,
+    /// Kernel send buffer (bytes).
+    pub socket_sndbuf: usize,
+    /// Capacity of the queue from the fast path to the control plane.
+    pub inbound_queue: usize,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            backend: Backend::Udp,
+            batch_size: 64,
+            rx_core: None,
+            socket_rcvbuf: 8 << 20,
+            socket_sndbuf: 4 << 20,
+            inbound_queue: 65_536,
+        }
+    }
+}
+
+fn check(ok: bool, field: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field,
+            problem: problem.into(),
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.gossip;
+        check(
+            (1..=32).contains(&g.fanout),
+            "gossip.fanout",
+            format!("must be 1..=32, got {}", g.fanout),
+        )?;
+        check(
+            g.hop_limit >= 1,
+            "gossip.hop_limit",
+            "must be at least 1",
+        )?;
+        check(
+            g.replay_window_ms >= 1_000,
+            "gossip.replay_window_ms",
+            "must be at least 1000",
+        )?;
+        check(
+            g.retention_ms <= g.replay_window_ms,
+            "gossip.retention_ms",
+            format!(
+                "must not exceed gossip.replay_window_ms ({}): repaired messages older than the window would be dropped as replays",
+                g.replay_window_ms
+            ),
+        )?;
+        check(
+            (1_024..=1 << 28).contains(&g.dedup_capacity),
+            "gossip.dedup_capacity",
+            format!("must be 1024..=268435456, got {}", g.dedup_capacity),
+        )?;
+        check(
+            g.heartbeat_interval_ms >= 10,
+            "gossip.heartbeat_interval_ms",
+            "must be at least 10",
+        )?;
+        check(
+            g.peer_timeout_ms >= 2 * g.heartbeat_interval_ms,
+            "gossip.peer_timeout_ms",
+            "must be at least twice gossip.heartbeat_interval_ms",
+        )?;
+        check(
+            g.peer_exchange_interval_ms >= 10,
+            "gossip.peer_exchange_interval_ms",
+            "must be at least 10",
+        )?;
+        check(
+            g.anti_entropy_interval_ms >= 10,
+            "gossip.anti_entropy_interval_ms",
+            "must be at least 10",
+        )?;
+        check(
+            (1..=65_536).contains(&g.anti_entropy_max_ids),
+            "gossip.anti_entropy_max_ids",
+            "must be 1..=65536",
+        )?;
+        check(
+            (1..=1 << 24).contains(&g.max_stored_messages),
+            "gossip.max_stored_messages",
+            "must be 1..=16777216",
+        )?;
+        check(
+            (1..=4096).contains(&g.max_peers),
+            "gossip.max_peers",
+            "must be 1..=4096",
+        )?;
+        let d = &self.dataplane;
+        check(
+            (1..=dataplane::pipeline::MAX_BATCH).contains(&d.batch_size),
+            "dataplane.batch_size",
+            format!("must be 1..={}", dataplane::pipeline::MAX_BATCH),
+        )?;
+        check(
+            d.socket_rcvbuf >= 65_536,
+            "dataplane.socket_rcvbuf",
+            "must be at least 65536",
+        )?;
+        check(
+            d.socket_sndbuf >= 65_536,
+            "dataplane.socket_sndbuf",
+            "must be at least 65536",
+        )?;
+        check(
+            (64..=1 << 22).contains(&d.inbound_queue),
+            "dataplane.inbound_queue",
+            "must be 64..=4194304",
+        )?;
+        if let Some(core) = d.rx_core {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            check(
+                core < n,
+                "dataplane.rx_core",
+                format!("core {core} does not exist (this machine has {n})"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_documents_exactly_the_defaults() {
+        let text = include_str!("../default.toml");
+        let cfg = Config::from_toml(text, Path::new("default.toml")).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(
+            Config::from_toml("", Path::new("x")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let err = Config::from_toml("[gossip]\nfanoutt = 3\n", Path::new("m.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("fanoutt"), "{msg}");
+        assert!(msg.contains("m.toml"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_in_the_error() {
+        let err = Config::from_toml("[node]\nlisten = 5\n", Path::new("m.toml")).unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        for (text, field) in [
+            ("[gossip]\nfanout = 0\n", "gossip.fanout"),
+            ("[gossip]\nretention_ms = 999999999\n", "gossip.retention_ms"),
+            ("[dataplane]\nbatch_size = 0\n", "dataplane.batch_size"),
+            ("[dataplane]\nrx_core = 4096\n", "dataplane.rx_core"),
+            ("[gossip]\npeer_timeout_ms = 100\n", "gossip.peer_timeout_ms"),
+        ] {
+            let err = Config::from_toml(text, Path::new("x")).unwrap_err();
+            match err {
+                ConfigError::Invalid { field: f, .. } => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other}"),
+            }
+        }
+    }
+}

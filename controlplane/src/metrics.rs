@@ -1,0 +1,218 @@
+//! Metrics, named as in the Weaver registry under `registry/`.
+//!
+//! Every metric is registered here under its registry name converted with
+//! [`prometheus_name`]; a test checks that the set exported equals the set
+//! the registry defines, in both directions. The fast-path tile keeps plain
+//! counters and publishes them to atomics; [`Metrics::refresh`] folds them in
+//! at scrape time.
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use dataplane::pipeline::DropReason;
+use dataplane::tile::TileStats;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Registry instrument kinds we use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Instrument {
+    /// Monotonic counter.
+    Counter,
+    /// Up-down value.
+    Gauge,
+    /// Distribution.
+    Histogram,
+}
+
+/// Converts a registry metric name to its Prometheus name: dots become
+/// underscores, a `s` unit appends `_seconds`, counters end in `_total`.
+pub fn prometheus_name(metric_name: &str, instrument: Instrument, unit: &str) -> String {
+    let mut n = metric_name.replace('.', "_");
+    if unit == "s" {
+        n.push_str("_seconds");
+    }
+    if instrument == Instrument::Counter {
+        n.push_str("_total");
+    }
+    n
+}
+
+/// Converts a registry attribute id to a Prometheus label name.
+pub fn label_name(attribute: &str) -> String {
+    attribute.replace('.', "_")
+}
+
+/// `mesh.message.kind` values by kind byte.
+pub const KIND_NAMES: [&str; 8] = [
+    "unknown", "data", "join", "peer_list", "ihave", "iwant", "leave", "unknown",
+];
+
+/// Every metric of a node.
+pub struct Metrics {
+    /// The Prometheus registry they live in.
+    pub registry: Registry,
+    packets_received: IntCounter,
+    packets_dropped: IntCounterVec,
+    messages_accepted: IntCounterVec,
+    messages_forwarded: IntCounter,
+    transmit_failed: IntCounter,
+    dedup_evicted: IntCounter,
+    batches: IntCounter,
+    /// Data messages delivered to local agents.
+    pub delivered: IntCounter,
+    /// Data messages published by local agents.
+    pub published: IntCounter,
+    /// Origin-to-delivery latency.
+    pub latency: Histogram,
+    /// Message ids asked for with IWANT.
+    pub repair_requested: IntCounter,
+    /// Messages sent in answer to IWANT.
+    pub repair_served: IntCounter,
+    /// Control payloads that failed to decode.
+    pub control_invalid: IntCounter,
+    /// Messages held for repair.
+    pub store_messages: IntGauge,
+    /// Peers by state.
+    pub peers: IntGaugeVec,
+    /// Open subscriptions.
+    pub subscribers: IntGauge,
+    /// Messages a slow subscriber missed.
+    pub lagged: IntCounter,
+    last: Mutex<Snapshot>,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    received: u64,
+    dropped: [u64; DropReason::COUNT],
+    accepted: [u64; 8],
+    forwarded: u64,
+    tx_failed: u64,
+    evicted: u64,
+    batches: u64,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::with_opts(Opts::new(
+        prometheus_name(name, Instrument::Counter, "1"),
+        help,
+    ))?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(reg: &Registry, name: &str, help: &str, label: &str) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(
+        Opts::new(prometheus_name(name, Instrument::Counter, "1"), help),
+        &[&label_name(label)],
+    )?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::with_opts(Opts::new(prometheus_name(name, Instrument::Gauge, "1"), help))?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let peers = IntGaugeVec::new(
+            Opts::new(prometheus_name("mesh.peers", Instrument::Gauge, "{peer}"), "Peers by state."),
+            &[&label_name("mesh.peer.state")],
+        )?;
+        r.register(Box::new(peers.clone()))?;
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                prometheus_name("mesh.gossip.dissemination.latency", Instrument::Histogram, "s"),
+                "Time from the origin's timestamp to local delivery.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        r.register(Box::new(latency.clone()))?;
+        let m = Metrics {
+            packets_received: counter(&r, "mesh.dataplane.packets.received", "Datagrams received by the fast path.")?,
+            packets_dropped: counter_vec(&r, "mesh.dataplane.packets.dropped", "Datagrams dropped by the fast path, by reason.", "mesh.drop.reason")?,
+            messages_accepted: counter_vec(&r, "mesh.dataplane.messages.accepted", "Messages that passed every fast-path stage, by kind.", "mesh.message.kind")?,
+            messages_forwarded: counter(&r, "mesh.dataplane.messages.forwarded", "Data messages forwarded to peers (one per destination).")?,
+            transmit_failed: counter(&r, "mesh.dataplane.transmit.failed", "Datagrams the kernel refused to send.")?,
+            dedup_evicted: counter(&r, "mesh.dataplane.dedup.evicted", "Seen-cache entries evicted before expiry.")?,
+            batches: counter(&r, "mesh.dataplane.batches", "Receive batches processed.")?,
+            delivered: counter(&r, "mesh.gossip.messages.delivered", "Data messages from the mesh delivered to local agents.")?,
+            published: counter(&r, "mesh.gossip.messages.published", "Data messages published by local agents.")?,
+            latency,
+            repair_requested: counter(&r, "mesh.gossip.repair.requested", "Message ids asked for in anti-entropy.")?,
+            repair_served: counter(&r, "mesh.gossip.repair.served", "Messages sent in answer to anti-entropy requests.")?,
+            control_invalid: counter(&r, "mesh.gossip.control.invalid", "Signed control messages whose payload failed to decode.")?,
+            store_messages: gauge(&r, "mesh.gossip.store.messages", "Messages held for anti-entropy repair.")?,
+            peers,
+            subscribers: gauge(&r, "mesh.agent.subscribers", "Open agent subscriptions.")?,
+            lagged: counter(&r, "mesh.agent.messages.lagged", "Messages a slow subscriber missed.")?,
+            last: Mutex::new(Snapshot::default()),
+            registry: r,
+        };
+        // Make every labelled series visible from the start.
+        for reason in DropReason::ALL {
+            m.packets_dropped.with_label_values(&[reason.as_str()]);
+        }
+        for kind in &KIND_NAMES[1..7] {
+            m.messages_accepted.with_label_values(&[kind]);
+        }
+        m.peers.with_label_values(&["live"]);
+        m.peers.with_label_values(&["pending"]);
+        Ok(m)
+    }
+
+    /// Folds the tile's published counters into the exported ones.
+    pub fn refresh(&self, tile: &TileStats) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let delta = |now: u64, before: &mut u64| {
+            let d = now.saturating_sub(*before);
+            *before = now;
+            d
+        };
+        self.packets_received
+            .inc_by(delta(tile.received.load(Ordering::Relaxed), &mut last.received));
+        for reason in DropReason::ALL {
+            let i = reason as usize;
+            let d = delta(tile.dropped[i].load(Ordering::Relaxed), &mut last.dropped[i]);
+            self.packets_dropped
+                .with_label_values(&[reason.as_str()])
+                .inc_by(d);
+        }
+        for (i, name) in KIND_NAMES.iter().enumerate().take(7).skip(1) {
+            let d = delta(tile.accepted[i].load(Ordering::Relaxed), &mut last.accepted[i]);
+            self.messages_accepted.with_label_values(&[name]).inc_by(d);
+        }
+        self.messages_forwarded
+            .inc_by(delta(tile.forwarded.load(Ordering::Relaxed), &mut last.forwarded));
+        self.transmit_failed
+            .inc_by(delta(tile.tx_failed.load(Ordering::Relaxed), &mut last.tx_failed));
+        self.dedup_evicted.inc_by(delta(
+            tile.dedup_live_evictions.load(Ordering::Relaxed),
+            &mut last.evicted,
+        ));
+        self.batches
+            .inc_by(delta(tile.batches.load(Ordering::Relaxed), &mut last.batches));
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        let families = self.registry.gather();
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        buf
+    }
+}

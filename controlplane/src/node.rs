@@ -1,0 +1,652 @@
+//! The tokio driver of one mesh node: it owns the fast-path tile, the peer
+//! table, the message store and the agent API, and moves events between them.
+//!
+//! ```text
+//!   tile thread ──Inbound (bounded)──▶ control task ──▶ subscribers (broadcast)
+//!        ▲                               │  peers / store / anti-entropy
+//!        └── ForwardSet (arc-swap) ◀─────┤
+//!        └── Command::Publish ◀──────────┘◀── agent API (HTTP) ◀── agents
+//! ```
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use dataplane::identity::{Identity, NodeId};
+use dataplane::pipeline::{DropReason, PipelineConfig};
+use dataplane::tile::{self, Command, ForwardSet, Inbound, TileConfig, TileHandle, handoff};
+use dataplane::udp::BatchSocket;
+use dataplane::wire::{self, Kind, MessageId, Packet};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config::Config;
+use crate::control::{ControlMsg, MAX_IDS_PER_DIGEST};
+use crate::metrics::{KIND_NAMES, Metrics};
+use crate::peers::{Nanos, PeerConfig, PeerEvent, PeerTable};
+use crate::store::MessageStore;
+
+/// A data message delivered to local agents.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Delivered {
+    /// Message id (hex).
+    pub id: String,
+    /// Origin node id (hex).
+    pub origin: String,
+    /// Origin's sequence number.
+    pub sequence: u64,
+    /// Topic.
+    pub topic: String,
+    /// Body as text when it is UTF-8.
+    pub text: Option<String>,
+    /// Body, base64.
+    pub data_b64: String,
+    /// Origin timestamp, µs since the Unix epoch.
+    pub timestamp_us: u64,
+    /// Local delivery time, µs since the Unix epoch.
+    pub received_us: u64,
+    /// True when published by an agent of this node.
+    pub local: bool,
+}
+
+/// What `publish` returns.
+#[derive(Clone, Debug, Serialize)]
+pub struct Receipt {
+    /// Message id (hex).
+    pub id: String,
+    /// Sequence number used.
+    pub sequence: u64,
+    /// Timestamp used, µs since the Unix epoch.
+    pub timestamp_us: u64,
+}
+
+/// A live peer as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerView {
+    /// Node id (hex).
+    pub node_id: String,
+    /// Mesh address.
+    pub addr: SocketAddr,
+    /// Milliseconds since last heard from.
+    pub last_heard_ms: u64,
+}
+
+/// Node status as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Node id (hex).
+    pub node_id: String,
+    /// Mesh UDP address.
+    pub listen: SocketAddr,
+    /// Agent API address.
+    pub api: SocketAddr,
+    /// Live peers.
+    pub peers_live: usize,
+    /// Addresses learned but not yet answering.
+    pub peers_pending: usize,
+    /// Messages held for repair.
+    pub stored_messages: usize,
+    /// Datagrams received by the fast path.
+    pub received: u64,
+    /// Accepted messages by kind.
+    pub accepted: HashMap<String, u64>,
+    /// Drops by reason.
+    pub dropped: HashMap<String, u64>,
+    /// Data messages forwarded.
+    pub forwarded: u64,
+    /// Data messages delivered to local agents (from the mesh).
+    pub delivered: u64,
+    /// Data messages published here.
+    pub published: u64,
+    /// Milliseconds since start.
+    pub uptime_ms: u64,
+}
+
+/// Errors from `publish`.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Topic or body does not fit.
+    #[error("{0}")]
+    Encode(#[from] wire::EncodeError),
+    /// The node is shutting down or overloaded.
+    #[error("node unavailable: {0}")]
+    Unavailable(&'static str),
+}
+
+enum ApiCmd {
+    Publish {
+        topic: String,
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<Receipt, PublishError>>,
+    },
+    Status(oneshot::Sender<Status>),
+    Peers(oneshot::Sender<Vec<PeerView>>),
+}
+
+/// Shared between the control task, the API and handles.
+pub(crate) struct Shared {
+    pub(crate) id: NodeId,
+    pub(crate) metrics: Metrics,
+    pub(crate) tile_stats: Arc<tile::TileStats>,
+    pub(crate) deliveries: broadcast::Sender<Arc<Delivered>>,
+    api: mpsc::Sender<ApiCmd>,
+}
+
+impl Shared {
+    pub(crate) async fn publish(&self, topic: String, body: Vec<u8>) -> Result<Receipt, PublishError> {
+        let (tx, rx) = oneshot::channel();
+        self.api
+            .send(ApiCmd::Publish { topic, body, reply: tx })
+            .await
+            .map_err(|_| PublishError::Unavailable("stopped"))?;
+        rx.await.map_err(|_| PublishError::Unavailable("stopped"))?
+    }
+
+    pub(crate) async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.api.send(ApiCmd::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub(crate) async fn peers(&self) -> Option<Vec<PeerView>> {
+        let (tx, rx) = oneshot::channel();
+        self.api.send(ApiCmd::Peers(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub(crate) fn render_metrics(&self) -> String {
+        self.metrics.refresh(&self.tile_stats);
+        self.metrics.render()
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+    udp_addr: SocketAddr,
+    api_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    api_task: tokio::task::JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// Node id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+    /// Mesh UDP address.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+    /// Agent API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+    /// Publishes a data message.
+    pub async fn publish(&self, topic: &str, body: &[u8]) -> Result<Receipt, PublishError> {
+        self.shared.publish(topic.to_owned(), body.to_vec()).await
+    }
+    /// Subscribes to every data message delivered here (filter by topic).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Delivered>> {
+        self.shared.deliveries.subscribe()
+    }
+    /// Current status.
+    pub async fn status(&self) -> Option<Status> {
+        self.shared.status().await
+    }
+    /// Live peers.
+    pub async fn peers(&self) -> Option<Vec<PeerView>> {
+        self.shared.peers().await
+    }
+    /// Prometheus text of the node's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.shared.render_metrics()
+    }
+    /// Says goodbye to peers, stops the tile and the API.
+    pub async fn shutdown(mut self) {
+        self.stop_inner().await;
+    }
+    /// Stops without a goodbye (simulates a crash: peers must detect it).
+    pub async fn kill(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+        self.api_task.abort();
+    }
+    async fn stop_inner(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.api_task.abort();
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.api_task.abort();
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Starts a node: loads or creates its key, binds its sockets, starts the
+/// fast-path tile, the control task and the agent API.
+pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
+    cfg.validate()?;
+    let (identity, created) = Identity::load_or_create(&cfg.node.key_file)?;
+    let id = identity.node_id();
+    tracing::info!(node = %id, created, key = %cfg.node.key_file.display(), "identity ready");
+
+    let socket = BatchSocket::bind(cfg.node.listen, cfg.dataplane.socket_rcvbuf, cfg.dataplane.socket_sndbuf)
+        .with_context(|| format!("cannot bind mesh UDP address {}", cfg.node.listen))?;
+    let udp_addr = socket.local_addr()?;
+    let send_socket = socket.try_clone_std()?;
+
+    let metrics = Metrics::new().context("registering metrics")?;
+    let forward = Arc::new(ArcSwap::from_pointee(ForwardSet::default()));
+    let (in_tx, in_rx) = mpsc::channel::<Inbound>(cfg.dataplane.inbound_queue);
+    let sender: handoff::InboundSender = Box::new(move |m| match in_tx.try_send(m) {
+        Ok(()) => handoff::SendOutcome::Sent,
+        Err(mpsc::error::TrySendError::Full(_)) => handoff::SendOutcome::Full,
+        Err(mpsc::error::TrySendError::Closed(_)) => handoff::SendOutcome::Closed,
+    });
+    let mut seed = [0u8; 8];
+    getrandom_seed(&mut seed);
+    let g = &cfg.gossip;
+    let tile_cfg = TileConfig {
+        batch_size: cfg.dataplane.batch_size,
+        fanout: g.fanout,
+        pipeline: PipelineConfig {
+            replay_window_us: g.replay_window_ms * 1_000,
+            max_clock_skew_us: g.max_clock_skew_ms * 1_000,
+            dedup_capacity: g.dedup_capacity,
+            dedup_seed: u64::from_le_bytes(seed),
+        },
+        idle_wait: ms(100),
+        core: cfg.dataplane.rx_core,
+    };
+    let tile = tile::spawn_udp_tile(socket, tile_cfg, forward.clone(), sender)?;
+    tracing::info!(addr = %udp_addr, backend = "udp", "fast path up");
+
+    let api_listener = tokio::net::TcpListener::bind(cfg.node.api_listen)
+        .await
+        .with_context(|| format!("cannot bind agent API address {}", cfg.node.api_listen))?;
+    let api_addr = api_listener.local_addr()?;
+
+    let (api_tx, api_rx) = mpsc::channel(1024);
+    let (deliveries, _) = broadcast::channel(4096);
+    let shared = Arc::new(Shared {
+        id,
+        metrics,
+        tile_stats: tile.stats().clone(),
+        deliveries,
+        api: api_tx,
+    });
+    let api_task = tokio::spawn(crate::api::serve(api_listener, shared.clone()));
+    tracing::info!(addr = %api_addr, "agent API and /metrics up");
+
+    getrandom_seed(&mut seed);
+    let peers = PeerTable::new(
+        id,
+        PeerConfig {
+            bootstrap: cfg.node.bootstrap.clone(),
+            heartbeat_interval: ms(g.heartbeat_interval_ms),
+            peer_timeout: ms(g.peer_timeout_ms),
+            exchange_interval: ms(g.peer_exchange_interval_ms),
+            max_peers: g.max_peers,
+        },
+        SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
+    );
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let control = Control {
+        cfg: cfg.clone(),
+        identity,
+        shared: shared.clone(),
+        tile,
+        send_socket,
+        forward,
+        peers,
+        store: MessageStore::new(g.retention_ms * 1_000_000, g.max_stored_messages),
+        sequence: tile::wall_us(),
+        origin: Instant::now(),
+        started: Instant::now(),
+        udp_addr,
+        api_addr,
+        next_anti_entropy: 0,
+        served: HashMap::new(),
+        buf: Vec::with_capacity(wire::MAX_DATAGRAM),
+        payload: Vec::with_capacity(wire::MAX_PAYLOAD),
+        forward_version: u64::MAX,
+    };
+    let task = tokio::spawn(control.run(in_rx, api_rx, shutdown_rx));
+    Ok(NodeHandle {
+        shared,
+        udp_addr,
+        api_addr,
+        shutdown: Some(shutdown_tx),
+        task: Some(task),
+        api_task,
+    })
+}
+
+fn getrandom_seed(seed: &mut [u8; 8]) {
+    if getrandom::fill(seed).is_err() {
+        // Never expected on Linux; fall back to time so the node still runs.
+        *seed = (tile::wall_us() ^ 0x9E37_79B9_7F4A_7C15).to_le_bytes();
+    }
+}
+
+struct Control {
+    cfg: Config,
+    identity: Identity,
+    shared: Arc<Shared>,
+    tile: TileHandle,
+    send_socket: UdpSocket,
+    forward: Arc<ArcSwap<ForwardSet>>,
+    peers: PeerTable,
+    store: MessageStore,
+    sequence: u64,
+    origin: Instant,
+    started: Instant,
+    udp_addr: SocketAddr,
+    api_addr: SocketAddr,
+    next_anti_entropy: Nanos,
+    /// Per peer: (window start, messages served in it) for IWANT rate limiting.
+    served: HashMap<SocketAddr, (Nanos, usize)>,
+    buf: Vec<u8>,
+    payload: Vec<u8>,
+    forward_version: u64,
+}
+
+impl Control {
+    fn now(&self) -> Nanos {
+        self.origin.elapsed().as_nanos() as Nanos
+    }
+
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut api: mpsc::Receiver<ApiCmd>,
+        mut shutdown: oneshot::Receiver<()>,
+    ) {
+        loop {
+            let now = self.now();
+            let next = self.peers.poll_timeout().min(self.next_anti_entropy);
+            let wait = Duration::from_nanos(next.saturating_sub(now));
+            tokio::select! {
+                m = inbound.recv() => match m {
+                    Some(m) => self.handle_inbound(m),
+                    None => break,
+                },
+                c = api.recv() => match c {
+                    Some(c) => self.handle_api(c),
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait) => self.handle_timeout(),
+                _ = &mut shutdown => {
+                    self.peers.leave();
+                    self.flush_peer_transmits();
+                    break;
+                }
+            }
+            self.flush_peer_transmits();
+            self.sync_forward_set();
+        }
+        self.tile.stop();
+        tracing::info!(node = %self.shared.id, "node stopped");
+    }
+
+    fn handle_timeout(&mut self) {
+        let now = self.now();
+        self.peers.handle_timeout(now);
+        if now >= self.next_anti_entropy {
+            self.next_anti_entropy = now + self.cfg.gossip.anti_entropy_interval_ms * 1_000_000;
+            self.store.expire(now);
+            self.shared.metrics.store_messages.set(self.store.len() as i64);
+            if let Some(peer) = self.peers.random_live() {
+                let ids = self.store.newest_ids(self.cfg.gossip.anti_entropy_max_ids);
+                for chunk in ids.chunks(MAX_IDS_PER_DIGEST) {
+                    self.send_control(peer, &ControlMsg::IHave(chunk.to_vec()));
+                }
+            }
+            self.served.retain(|_, (start, _)| now.saturating_sub(*start) < 10_000_000_000);
+        }
+    }
+
+    fn handle_inbound(&mut self, m: Inbound) {
+        let now = self.now();
+        let Ok(p) = Packet::parse(&m.bytes) else {
+            return;
+        };
+        let origin = NodeId(*p.origin());
+        if m.kind == Kind::Data {
+            self.accept_data(now, &p, m.received_us, false);
+            return;
+        }
+        let msg = match ControlMsg::decode(m.kind, p.payload()) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.shared.metrics.control_invalid.inc();
+                tracing::debug!(from = %m.from, error = %e, "bad control payload");
+                return;
+            }
+        };
+        self.peers.handle_message(now, m.from, origin, &msg);
+        while let Some(ev) = self.peers.poll_event() {
+            match ev {
+                PeerEvent::Up(id, addr) => tracing::info!(peer = %id.short(), %addr, "peer up"),
+                PeerEvent::Down(id, addr) => tracing::info!(peer = %id.short(), %addr, "peer down"),
+            }
+        }
+        match msg {
+            ControlMsg::IHave(ids) => {
+                let missing: Vec<MessageId> = ids.into_iter().filter(|id| !self.store.contains(id)).collect();
+                if !missing.is_empty() {
+                    self.shared.metrics.repair_requested.inc_by(missing.len() as u64);
+                    self.send_control(m.from, &ControlMsg::IWant(missing));
+                }
+            }
+            ControlMsg::IWant(ids) => self.serve_iwant(now, m.from, &ids),
+            _ => {}
+        }
+    }
+
+    /// Answers an IWANT from a live peer, at most `MAX_IDS_PER_DIGEST` × 4
+    /// messages per peer per anti-entropy interval (bounds amplification).
+    fn serve_iwant(&mut self, now: Nanos, from: SocketAddr, ids: &[MessageId]) {
+        if self.peers.peer_at(from).is_none() {
+            return;
+        }
+        let window = self.cfg.gossip.anti_entropy_interval_ms * 1_000_000;
+        let budget = MAX_IDS_PER_DIGEST * 4;
+        let entry = self.served.entry(from).or_insert((now, 0));
+        if now.saturating_sub(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        let mut sent = 0u64;
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for id in ids {
+            if entry.1 >= budget {
+                break;
+            }
+            if let Some(bytes) = self.store.get(id) {
+                let mut b = bytes.to_vec();
+                wire::set_hop_limit(&mut b, 1);
+                out.push(b);
+                entry.1 += 1;
+            }
+        }
+        let msgs: Vec<(SocketAddr, &[u8])> = out.iter().map(|b| (from, &b[..])).collect();
+        if !msgs.is_empty() {
+            use std::os::fd::AsRawFd;
+            let n = dataplane::udp::send_batch_fd(self.send_socket.as_raw_fd(), &msgs).unwrap_or(0);
+            sent += n as u64;
+        }
+        self.shared.metrics.repair_served.inc_by(sent);
+    }
+
+    /// Stores and delivers a data message (from the mesh or local).
+    fn accept_data(&mut self, now: Nanos, p: &Packet<'_>, received_us: u64, local: bool) -> bool {
+        let id = p.message_id();
+        if !self.store.insert(now, id, Arc::from(p.as_bytes())) {
+            return false;
+        }
+        self.shared.metrics.store_messages.set(self.store.len() as i64);
+        let Some((topic, body)) = wire::split_data_payload(p.payload()) else {
+            self.shared.metrics.control_invalid.inc();
+            return false;
+        };
+        let d = Delivered {
+            id: id.to_hex(),
+            origin: hex::encode(p.origin()),
+            sequence: p.sequence(),
+            topic: topic.to_owned(),
+            text: std::str::from_utf8(body).ok().map(str::to_owned),
+            data_b64: b64(body),
+            timestamp_us: p.timestamp_us(),
+            received_us,
+            local,
+        };
+        if !local {
+            self.shared.metrics.delivered.inc();
+            let lat = received_us.saturating_sub(p.timestamp_us()) as f64 / 1e6;
+            self.shared.metrics.latency.observe(lat);
+        }
+        let _ = self.shared.deliveries.send(Arc::new(d));
+        true
+    }
+
+    fn handle_api(&mut self, c: ApiCmd) {
+        match c {
+            ApiCmd::Publish { topic, body, reply } => {
+                let _ = reply.send(self.publish(&topic, &body));
+            }
+            ApiCmd::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            ApiCmd::Peers(reply) => {
+                let now = self.now();
+                let v = self
+                    .peers
+                    .live()
+                    .map(|p| PeerView {
+                        node_id: p.id.to_hex(),
+                        addr: p.addr,
+                        last_heard_ms: now.saturating_sub(p.last_heard) / 1_000_000,
+                    })
+                    .collect();
+                let _ = reply.send(v);
+            }
+        }
+    }
+
+    fn publish(&mut self, topic: &str, body: &[u8]) -> Result<Receipt, PublishError> {
+        wire::data_payload(topic, body, &mut self.payload)?;
+        self.sequence += 1;
+        let ts = tile::wall_us();
+        let mut bytes = Vec::with_capacity(wire::MAX_DATAGRAM);
+        self.identity.seal(
+            Kind::Data,
+            self.cfg.gossip.hop_limit,
+            self.sequence,
+            ts,
+            &self.payload,
+            &mut bytes,
+        )?;
+        let p = Packet::parse(&bytes).map_err(|_| PublishError::Unavailable("encoding bug"))?;
+        let id = p.message_id();
+        let now = self.now();
+        self.accept_data(now, &p, ts, true);
+        if !self.tile.command(Command::Publish(bytes)) {
+            return Err(PublishError::Unavailable("fast path queue full"));
+        }
+        self.shared.metrics.published.inc();
+        Ok(Receipt {
+            id: id.to_hex(),
+            sequence: self.sequence,
+            timestamp_us: ts,
+        })
+    }
+
+    fn status(&self) -> Status {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.tile.stats();
+        Status {
+            node_id: self.shared.id.to_hex(),
+            listen: self.udp_addr,
+            api: self.api_addr,
+            peers_live: self.peers.live_count(),
+            peers_pending: self.peers.pending_count(),
+            stored_messages: self.store.len(),
+            received: s.received.load(Relaxed),
+            accepted: (1..7)
+                .map(|k| (KIND_NAMES[k].to_owned(), s.accepted[k].load(Relaxed)))
+                .collect(),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_owned(), s.dropped[*r as usize].load(Relaxed)))
+                .collect(),
+            forwarded: s.forwarded.load(Relaxed),
+            delivered: self.shared.metrics.delivered.get(),
+            published: self.shared.metrics.published.get(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    fn send_control(&mut self, to: SocketAddr, msg: &ControlMsg) {
+        msg.encode(&mut self.payload);
+        self.sequence += 1;
+        if self
+            .identity
+            .seal(msg.kind(), 1, self.sequence, tile::wall_us(), &self.payload, &mut self.buf)
+            .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.send_socket.send_to(&self.buf, to) {
+            tracing::debug!(%to, error = %e, "control send failed");
+        }
+    }
+
+    fn flush_peer_transmits(&mut self) {
+        while let Some((to, msg)) = self.peers.poll_transmit() {
+            self.send_control(to, &msg);
+        }
+        let live = self.peers.live_count() as i64;
+        self.shared.metrics.peers.with_label_values(&["live"]).set(live);
+        self.shared
+            .metrics
+            .peers
+            .with_label_values(&["pending"])
+            .set(self.peers.pending_count() as i64);
+    }
+
+    fn sync_forward_set(&mut self) {
+        if self.peers.version() == self.forward_version {
+            return;
+        }
+        self.forward_version = self.peers.version();
+        let peers = self.peers.live().map(|p| p.addr).collect();
+        self.forward.store(Arc::new(ForwardSet { peers }));
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -1,0 +1,351 @@
+//! The stages every backend runs on a received batch:
+//! parse → replay window → dedup probe → verify → accepted.
+//!
+//! [`Pipeline::process`] is pure computation over borrowed buffers (no I/O, no
+//! clock reads: `now` comes in), so the UDP backend, the AF_XDP backend, the
+//! benchmarks and the tests all drive the same code. Every packet of a batch
+//! ends in exactly one place: accepted, or one [`DropReason`] counter, so
+//! `received == accepted + Σ dropped` holds at all times.
+//!
+//! Accepted packets are *not* yet recorded as seen: the driver calls
+//! [`Pipeline::commit`] once it has handed the message on. A message the driver
+//! could not hand on (queue full) stays unseen and can arrive again through
+//! anti-entropy instead of being lost.
+
+use crate::dedup::{SeenCache, SeenStats};
+use crate::verify::{self, VerifyItem};
+use crate::wire::{DecodeError, Kind, Packet};
+
+/// Why a packet was dropped. Values are stable: they index counter arrays and
+/// match the `mesh.drop.reason` members in `registry/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than header + signature.
+    Truncated = 0,
+    /// Longer than the datagram limit.
+    Oversized = 1,
+    /// Wrong magic.
+    BadMagic = 2,
+    /// Unsupported version.
+    BadVersion = 3,
+    /// Unknown kind.
+    BadKind = 4,
+    /// Non-zero reserved bytes or flags.
+    BadReserved = 5,
+    /// Length field disagrees with the datagram.
+    LengthMismatch = 6,
+    /// Timestamp older than the replay window.
+    Stale = 7,
+    /// Timestamp further in the future than the allowed clock skew.
+    FromFuture = 8,
+    /// Already seen.
+    Duplicate = 9,
+    /// Signature (or public key) invalid.
+    BadSignature = 10,
+    /// Accepted, but the next stage's queue was full.
+    QueueFull = 11,
+    /// Valid signature but the payload does not follow its kind's format.
+    BadPayload = 12,
+}
+
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 13;
+    /// Every reason, in value order.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Truncated,
+        DropReason::Oversized,
+        DropReason::BadMagic,
+        DropReason::BadVersion,
+        DropReason::BadKind,
+        DropReason::BadReserved,
+        DropReason::LengthMismatch,
+        DropReason::Stale,
+        DropReason::FromFuture,
+        DropReason::Duplicate,
+        DropReason::BadSignature,
+        DropReason::QueueFull,
+        DropReason::BadPayload,
+    ];
+
+    /// The registry member name (`mesh.drop.reason` attribute value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::Oversized => "oversized",
+            DropReason::BadMagic => "bad_magic",
+            DropReason::BadVersion => "bad_version",
+            DropReason::BadKind => "bad_kind",
+            DropReason::BadReserved => "bad_reserved",
+            DropReason::LengthMismatch => "length_mismatch",
+            DropReason::Stale => "stale",
+            DropReason::FromFuture => "from_future",
+            DropReason::Duplicate => "duplicate",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::QueueFull => "queue_full",
+            DropReason::BadPayload => "bad_payload",
+        }
+    }
+}
+
+impl From<DecodeError> for DropReason {
+    fn from(e: DecodeError) -> DropReason {
+        match e {
+            DecodeError::Truncated => DropReason::Truncated,
+            DecodeError::Oversized => DropReason::Oversized,
+            DecodeError::BadMagic => DropReason::BadMagic,
+            DecodeError::BadVersion => DropReason::BadVersion,
+            DecodeError::BadKind => DropReason::BadKind,
+            DecodeError::BadReserved => DropReason::BadReserved,
+            DecodeError::LengthMismatch => DropReason::LengthMismatch,
+        }
+    }
+}
+
+/// Pipeline settings (see `meshd` config docs for meaning and defaults).
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineConfig {
+    /// Messages whose origin timestamp is older than this are dropped as stale (µs).
+    pub replay_window_us: u64,
+    /// Messages stamped further ahead than this are dropped (µs).
+    pub max_clock_skew_us: u64,
+    /// Seen-cache slots.
+    pub dedup_capacity: usize,
+    /// Seed of the seen-cache hash; take it from the OS random source.
+    pub dedup_seed: u64,
+}
+
+/// Largest batch [`Pipeline::process`] takes.
+pub const MAX_BATCH: usize = 256;
+
+/// Per-pipeline counters (plain integers: one pipeline per thread).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams given to the pipeline.
+    pub received: u64,
+    /// Accepted messages by kind byte (index = kind value).
+    pub accepted: [u64; 8],
+    /// Drops by [`DropReason`] value.
+    pub dropped: [u64; DropReason::COUNT],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            received: 0,
+            accepted: [0; 8],
+            dropped: [0; DropReason::COUNT],
+        }
+    }
+}
+
+impl Counters {
+    /// Sum of all drops.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+    /// Sum of all accepted.
+    pub fn accepted_total(&self) -> u64 {
+        self.accepted.iter().sum()
+    }
+}
+
+/// A packet that passed every stage.
+#[derive(Clone, Copy, Debug)]
+pub struct Accepted<'a> {
+    /// Index in the input batch.
+    pub index: usize,
+    /// The validated view.
+    pub packet: Packet<'a>,
+    /// Seen-cache key, for [`Pipeline::commit`].
+    pub key: u64,
+}
+
+/// The receive pipeline of one backend thread.
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    seen: SeenCache,
+    counters: Counters,
+    // Scratch, allocated once.
+    pending: Vec<usize>,
+    keys: Vec<u64>,
+    verdicts: Vec<bool>,
+    deferred: Vec<usize>,
+}
+
+/// Seen-cache entries outlive the replay window by this much, so a message
+/// can never be both unseen and inside the window.
+const DEDUP_TTL_MARGIN_US: u64 = 1_000_000;
+
+impl Pipeline {
+    /// A pipeline with its own seen-cache.
+    pub fn new(cfg: PipelineConfig) -> Pipeline {
+        let ttl_us = cfg.replay_window_us + cfg.max_clock_skew_us + DEDUP_TTL_MARGIN_US;
+        Pipeline {
+            seen: SeenCache::new(cfg.dedup_capacity, ttl_us.saturating_mul(1_000), cfg.dedup_seed),
+            cfg,
+            counters: Counters::default(),
+            pending: Vec::with_capacity(MAX_BATCH),
+            keys: Vec::with_capacity(MAX_BATCH),
+            verdicts: vec![false; MAX_BATCH],
+            deferred: Vec::with_capacity(MAX_BATCH),
+        }
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Seen-cache counters so far.
+    pub fn seen_stats(&self) -> SeenStats {
+        self.seen.stats()
+    }
+
+    /// Moves an accepted message of `kind` to the `queue_full` drop column:
+    /// the driver could not hand it on. It is not committed as seen.
+    pub fn count_queue_full(&mut self, kind: Kind) {
+        let c = &mut self.counters.accepted[kind as usize & 7];
+        *c = c.saturating_sub(1);
+        self.counters.dropped[DropReason::QueueFull as usize] += 1;
+    }
+
+    /// Moves an accepted message of `kind` to the `bad_payload` drop column:
+    /// its signature is valid but the payload breaks its kind's format.
+    pub fn count_bad_payload(&mut self, kind: Kind) {
+        let c = &mut self.counters.accepted[kind as usize & 7];
+        *c = c.saturating_sub(1);
+        self.counters.dropped[DropReason::BadPayload as usize] += 1;
+    }
+
+    /// Records an accepted message as seen, after the driver handed it on.
+    /// `now_ns` is the monotonic clock.
+    pub fn commit(&mut self, key: u64, now_ns: u64) {
+        self.seen.insert(key, now_ns);
+    }
+
+    /// Marks a locally originated message as seen so echoes are dropped.
+    pub fn mark_seen(&mut self, signature: &[u8; 64], now_ns: u64) {
+        let k = self.seen.key(signature);
+        self.seen.insert(k, now_ns);
+    }
+
+    /// Runs the stages over `batch` (at most [`MAX_BATCH`] datagrams; extra
+    /// ones are ignored and not counted). `now_ns` is the monotonic clock for
+    /// the seen-cache, `wall_us` the wall clock for the replay window.
+    /// Accepted packets are appended to `out` in input order.
+    pub fn process<'a>(
+        &mut self,
+        now_ns: u64,
+        wall_us: u64,
+        batch: &[&'a [u8]],
+        out: &mut Vec<Accepted<'a>>,
+    ) {
+        let batch = &batch[..batch.len().min(MAX_BATCH)];
+        self.counters.received += batch.len() as u64;
+        self.pending.clear();
+        self.keys.clear();
+        self.deferred.clear();
+        let mut views: [Option<Packet<'a>>; MAX_BATCH] = [None; MAX_BATCH];
+
+        // Parse, replay window, dedup probe.
+        for (i, bytes) in batch.iter().enumerate() {
+            let p = match Packet::parse(bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.counters.dropped[DropReason::from(e) as usize] += 1;
+                    continue;
+                }
+            };
+            let ts = p.timestamp_us();
+            if ts.saturating_add(self.cfg.replay_window_us) < wall_us {
+                self.counters.dropped[DropReason::Stale as usize] += 1;
+                continue;
+            }
+            if ts > wall_us.saturating_add(self.cfg.max_clock_skew_us) {
+                self.counters.dropped[DropReason::FromFuture as usize] += 1;
+                continue;
+            }
+            let key = self.seen.key(p.signature());
+            if self.seen.contains(key, now_ns) {
+                self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                continue;
+            }
+            // A second copy in the same batch waits for the first's verdict.
+            if self.keys.contains(&key) {
+                self.deferred.push(i);
+            } else {
+                self.pending.push(i);
+                self.keys.push(key);
+            }
+            views[i] = Some(p);
+        }
+
+        // Verify the first copy of each message as one batch.
+        let mut items: [VerifyItem<'a>; MAX_BATCH] = [VerifyItem::EMPTY; MAX_BATCH];
+        let mut n = 0;
+        for &i in &self.pending {
+            if let Some(p) = views[i] {
+                items[n] = VerifyItem {
+                    public_key: p.origin(),
+                    message: p.signed_bytes(),
+                    signature: p.signature(),
+                };
+                n += 1;
+            }
+        }
+        verify::verify_batch(&items[..n], &mut self.verdicts[..n]);
+
+        let mut accepted_keys: [u64; MAX_BATCH] = [0; MAX_BATCH];
+        let mut n_acc = 0;
+        for (slot, &i) in self.pending.iter().enumerate() {
+            let (Some(p), key) = (views[i], self.keys[slot]) else {
+                continue;
+            };
+            if self.verdicts[slot] {
+                accepted_keys[n_acc] = key;
+                n_acc += 1;
+                self.counters.accepted[usize::from(p.header().kind) & 7] += 1;
+                out.push(Accepted {
+                    index: i,
+                    packet: p,
+                    key,
+                });
+            } else {
+                self.counters.dropped[DropReason::BadSignature as usize] += 1;
+            }
+        }
+
+        // Later copies: a duplicate if an earlier copy was accepted (in this
+        // batch), else verified on their own (the earlier copy may have been
+        // a forgery that reused the real signature).
+        for d in 0..self.deferred.len() {
+            let i = self.deferred[d];
+            let Some(p) = views[i] else { continue };
+            let key = self.seen.key(p.signature());
+            if accepted_keys[..n_acc].contains(&key) {
+                self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                continue;
+            }
+            let ok = verify::verify_one(&VerifyItem {
+                public_key: p.origin(),
+                message: p.signed_bytes(),
+                signature: p.signature(),
+            });
+            if ok {
+                accepted_keys[n_acc] = key;
+                n_acc += 1;
+                self.counters.accepted[usize::from(p.header().kind) & 7] += 1;
+                out.push(Accepted {
+                    index: i,
+                    packet: p,
+                    key,
+                });
+            } else {
+                self.counters.dropped[DropReason::BadSignature as usize] += 1;
+            }
+        }
+        out.sort_by_key(|a| a.index);
+    }
+}

@@ -1,0 +1,413 @@
+//! The receive tile: one thread that owns a backend socket and runs the
+//! pipeline on every batch.
+//!
+//! ```text
+//!   wait (poll socket + waker) → recv batch → Pipeline::process
+//!     → hand accepted messages to the control plane (bounded queue)
+//!     → commit as seen → forward Data to `fanout` peers (hop limit − 1)
+//!   commands from the control plane (local publishes) are drained each wake
+//!   counters are published to shared atomics once per batch
+//! ```
+//!
+//! The tile never waits on the control plane: peers to forward to come from a
+//! lock-free [`ForwardSet`] snapshot the control plane swaps in, and the queue
+//! towards the control plane is bounded; when it is full the message is
+//! counted as `queue_full`, not marked seen, and can arrive again later.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::pipeline::{Accepted, DropReason, Pipeline, PipelineConfig};
+use crate::udp::{BatchSocket, RxBatch, Waker, wait_readable};
+use crate::wire::{self, Kind, Packet};
+
+/// Peers the tile forwards data messages to, published by the control plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForwardSet {
+    /// Addresses of live peers.
+    pub peers: Vec<SocketAddr>,
+}
+
+/// Tile settings.
+#[derive(Clone, Copy, Debug)]
+pub struct TileConfig {
+    /// Datagrams per receive batch (1..=256).
+    pub batch_size: usize,
+    /// Peers each new data message is forwarded to.
+    pub fanout: usize,
+    /// Pipeline settings.
+    pub pipeline: PipelineConfig,
+    /// Longest wait for traffic before housekeeping runs.
+    pub idle_wait: Duration,
+    /// Core to pin the tile thread to, if any.
+    pub core: Option<usize>,
+}
+
+/// A message that passed every stage, handed to the control plane.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    /// The whole datagram as received.
+    pub bytes: Vec<u8>,
+    /// Its kind.
+    pub kind: Kind,
+    /// UDP source address.
+    pub from: SocketAddr,
+    /// Local wall clock at receipt, µs since the Unix epoch.
+    pub received_us: u64,
+}
+
+/// Commands from the control plane.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// A data message this node sealed: mark it seen and forward it.
+    Publish(Vec<u8>),
+}
+
+/// Counters the tile publishes once per batch (read by the metrics exporter).
+#[derive(Debug, Default)]
+pub struct TileStats {
+    /// Datagrams received.
+    pub received: AtomicU64,
+    /// Accepted messages by kind value.
+    pub accepted: [AtomicU64; 8],
+    /// Drops by [`DropReason`] value.
+    pub dropped: [AtomicU64; DropReason::COUNT],
+    /// Datagrams forwarded (one per destination).
+    pub forwarded: AtomicU64,
+    /// Datagrams the kernel refused to send.
+    pub tx_failed: AtomicU64,
+    /// Seen-cache entries evicted while still live.
+    pub dedup_live_evictions: AtomicU64,
+    /// Batches processed.
+    pub batches: AtomicU64,
+}
+
+/// Handle to a running tile; stops and joins it on drop.
+pub struct TileHandle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+    stats: Arc<TileStats>,
+    local_addr: SocketAddr,
+}
+
+impl TileHandle {
+    /// Sends a command and wakes the tile. Returns false when the command
+    /// queue is full or the tile has stopped.
+    pub fn command(&self, cmd: Command) -> bool {
+        let ok = self.commands.try_send(cmd).is_ok();
+        self.waker.wake();
+        ok
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> &Arc<TileStats> {
+        &self.stats
+    }
+
+    /// Address the tile's socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops the tile and waits for its thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for TileHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Wall clock in µs since the Unix epoch.
+pub fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts a tile on `socket`. Accepted messages go to `inbound`; peers to
+/// forward to are read from `forward`.
+pub fn spawn_udp_tile(
+    socket: BatchSocket,
+    cfg: TileConfig,
+    forward: Arc<ArcSwap<ForwardSet>>,
+    inbound: handoff::InboundSender,
+) -> std::io::Result<TileHandle> {
+    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(4096);
+    let waker = Arc::new(Waker::new()?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(TileStats::default());
+    let local_addr = socket.local_addr()?;
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let run = Run {
+        socket,
+        cfg,
+        forward,
+        inbound,
+        commands: cmd_rx,
+        waker: waker.clone(),
+        stop: stop.clone(),
+        stats: stats.clone(),
+        rng: SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
+    };
+    let join = std::thread::Builder::new()
+        .name(format!("mesh-rx-{}", local_addr.port()))
+        .spawn(move || run.run())?;
+    Ok(TileHandle {
+        commands: cmd_tx,
+        waker,
+        stop,
+        join: Some(join),
+        stats,
+        local_addr,
+    })
+}
+
+/// The bounded queue from the tile to the control plane. A thin wrapper so
+/// the tile does not depend on the control plane's runtime.
+pub mod handoff {
+    use super::Inbound;
+
+    /// Result of a non-blocking send.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum SendOutcome {
+        /// Queued.
+        Sent,
+        /// Queue full: the message was not queued.
+        Full,
+        /// Receiver gone: the tile should stop.
+        Closed,
+    }
+
+    /// Anything that can take an [`Inbound`] without blocking.
+    pub type InboundSender = Box<dyn Fn(Inbound) -> SendOutcome + Send>;
+}
+
+struct Run {
+    socket: BatchSocket,
+    cfg: TileConfig,
+    forward: Arc<ArcSwap<ForwardSet>>,
+    inbound: handoff::InboundSender,
+    commands: Receiver<Command>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<TileStats>,
+    rng: SmallRng,
+}
+
+impl Run {
+    fn run(mut self) {
+        if let Some(core) = self.cfg.core {
+            let pinned = core_affinity_pin(core);
+            tracing::info!(core, pinned, "rx tile pinned");
+        }
+        let origin = Instant::now();
+        let mut pipeline = Pipeline::new(self.cfg.pipeline);
+        let mut batch = RxBatch::new(self.cfg.batch_size.clamp(1, crate::pipeline::MAX_BATCH));
+        let mut accepted_store: Vec<Accepted<'static>> =
+            Vec::with_capacity(crate::pipeline::MAX_BATCH);
+        let mut tx_bufs: Vec<Vec<u8>> = Vec::with_capacity(crate::pipeline::MAX_BATCH);
+        let mut tx: Vec<(SocketAddr, usize)> = Vec::with_capacity(1024);
+        let mut forwarded = 0u64;
+        let mut tx_failed = 0u64;
+        let mut batches = 0u64;
+        while !self.stop.load(Ordering::Acquire) {
+            if let Err(e) = wait_readable(self.socket.raw_fd(), &self.waker, self.cfg.idle_wait) {
+                tracing::warn!(error = %e, "poll failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let now_ns = origin.elapsed().as_nanos() as u64;
+            // Local publishes: mark seen, then forward like a received message.
+            while let Ok(Command::Publish(bytes)) = self.commands.try_recv() {
+                if let Ok(p) = Packet::parse(&bytes) {
+                    pipeline.mark_seen(p.signature(), now_ns);
+                    let peers = self.forward.load();
+                    let mut dests = Vec::with_capacity(self.cfg.fanout);
+                    choose_peers(&mut self.rng, &peers.peers, self.cfg.fanout, None, &mut dests);
+                    let msgs: Vec<(SocketAddr, &[u8])> =
+                        dests.iter().map(|d| (*d, &bytes[..])).collect();
+                    let sent = self.socket.send_batch(&msgs).unwrap_or(0);
+                    forwarded += sent as u64;
+                    tx_failed += (msgs.len() - sent) as u64;
+                }
+            }
+            // Drain the socket in batches.
+            loop {
+                let n = match self.socket.recv_batch(&mut batch) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recv failed");
+                        0
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                batches += 1;
+                let now_ns = origin.elapsed().as_nanos() as u64;
+                let wall = wall_us();
+                let mut views: [&[u8]; crate::pipeline::MAX_BATCH] = [&[]; crate::pipeline::MAX_BATCH];
+                for (i, v) in views.iter_mut().enumerate().take(n) {
+                    *v = batch.packet(i);
+                }
+                let mut accepted = recycle(std::mem::take(&mut accepted_store));
+                pipeline.process(now_ns, wall, &views[..n], &mut accepted);
+                tx_bufs.clear();
+                tx.clear();
+                let peers = self.forward.load();
+                for a in &accepted {
+                    let from = batch.from(a.index);
+                    let kind = a.packet.kind();
+                    let msg = Inbound {
+                        bytes: a.packet.as_bytes().to_vec(),
+                        kind,
+                        from,
+                        received_us: wall,
+                    };
+                    match (self.inbound)(msg) {
+                        handoff::SendOutcome::Sent => {}
+                        handoff::SendOutcome::Full => {
+                            pipeline.count_queue_full(kind);
+                            continue;
+                        }
+                        handoff::SendOutcome::Closed => {
+                            self.stop.store(true, Ordering::Release);
+                            break;
+                        }
+                    }
+                    pipeline.commit(a.key, now_ns);
+                    if kind == Kind::Data && a.packet.hop_limit() > 1 {
+                        let mut buf = a.packet.as_bytes().to_vec();
+                        wire::set_hop_limit(&mut buf, a.packet.hop_limit() - 1);
+                        let idx = tx_bufs.len();
+                        tx_bufs.push(buf);
+                        let mut dests = Vec::with_capacity(self.cfg.fanout);
+                        choose_peers(&mut self.rng, &peers.peers, self.cfg.fanout, Some(from), &mut dests);
+                        tx.extend(dests.into_iter().map(|d| (d, idx)));
+                    }
+                }
+                if !tx.is_empty() {
+                    let msgs: Vec<(SocketAddr, &[u8])> =
+                        tx.iter().map(|(d, i)| (*d, &tx_bufs[*i][..])).collect();
+                    let sent = self.socket.send_batch(&msgs).unwrap_or(0);
+                    forwarded += sent as u64;
+                    tx_failed += (msgs.len() - sent) as u64;
+                }
+                accepted_store = recycle(accepted);
+                self.publish(&pipeline, forwarded, tx_failed, batches);
+            }
+            self.publish(&pipeline, forwarded, tx_failed, batches);
+        }
+    }
+
+    fn publish(&self, pipeline: &Pipeline, forwarded: u64, tx_failed: u64, batches: u64) {
+        let c = pipeline.counters();
+        let s = &self.stats;
+        s.received.store(c.received, Ordering::Relaxed);
+        for (a, v) in s.accepted.iter().zip(c.accepted.iter()) {
+            a.store(*v, Ordering::Relaxed);
+        }
+        for (a, v) in s.dropped.iter().zip(c.dropped.iter()) {
+            a.store(*v, Ordering::Relaxed);
+        }
+        s.forwarded.store(forwarded, Ordering::Relaxed);
+        s.tx_failed.store(tx_failed, Ordering::Relaxed);
+        s.batches.store(batches, Ordering::Relaxed);
+        s.dedup_live_evictions
+            .store(pipeline.seen_stats().live_evictions, Ordering::Relaxed);
+    }
+}
+
+/// Reuses a vector's allocation for borrows of another lifetime: the vector
+/// is emptied first, and in-place collection keeps its buffer.
+fn recycle<'a, 'b>(mut v: Vec<Accepted<'a>>) -> Vec<Accepted<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("vector was cleared")).collect()
+}
+
+fn core_affinity_pin(core: usize) -> bool {
+    core_affinity::set_for_current(core_affinity::CoreId { id: core })
+}
+
+/// Forward decision: up to `fanout` distinct peers chosen uniformly at random
+/// from `peers`, never `exclude` (the sender). Appends to `out`.
+pub fn choose_peers<R: Rng>(
+    rng: &mut R,
+    peers: &[SocketAddr],
+    fanout: usize,
+    exclude: Option<SocketAddr>,
+    out: &mut Vec<SocketAddr>,
+) {
+    let eligible = peers.iter().filter(|p| Some(**p) != exclude).count();
+    let want = fanout.min(eligible);
+    // Partial Fisher-Yates over indices without allocating the whole list:
+    // rejection sampling is fine because want <= eligible and lists are small.
+    let start = out.len();
+    let mut guard = 0;
+    while out.len() - start < want && guard < 64 * (want + 1) {
+        guard += 1;
+        let p = peers[rng.random_range(0..peers.len())];
+        if Some(p) != exclude && !out[start..].contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.len() - start < want {
+        // Unlucky sampling: fill deterministically.
+        for p in peers {
+            if out.len() - start >= want {
+                break;
+            }
+            if Some(*p) != exclude && !out[start..].contains(p) {
+                out.push(*p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_choice_never_includes_the_sender_and_never_repeats() {
+        let peers: Vec<SocketAddr> = (1..=8)
+            .map(|i| SocketAddr::from(([127, 0, 0, i], 7000)))
+            .collect();
+        let mut rng = SmallRng::seed_from_u64(1);
+        for _ in 0..1000 {
+            let mut out = Vec::new();
+            choose_peers(&mut rng, &peers, 3, Some(peers[2]), &mut out);
+            assert_eq!(out.len(), 3);
+            assert!(!out.contains(&peers[2]));
+            let mut d = out.clone();
+            d.sort();
+            d.dedup();
+            assert_eq!(d.len(), 3);
+        }
+        let mut out = Vec::new();
+        choose_peers(&mut rng, &peers[..2], 5, Some(peers[0]), &mut out);
+        assert_eq!(out, vec![peers[1]]);
+        let mut out = Vec::new();
+        choose_peers(&mut rng, &[], 5, None, &mut out);
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,1 @@
+//! Sans-IO protocol cores (placeholder until the control-plane issue lands).

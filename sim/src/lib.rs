@@ -1,0 +1,1 @@
+//! Deterministic simulator (placeholder until the control-plane issue lands).

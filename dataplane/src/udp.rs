@@ -12,23 +12,40 @@ use std::time::Duration;
 /// oversized datagram is seen as oversized rather than silently cut.
 pub const RX_BUF_LEN: usize = 2048;
 
-/// Receive buffers for one batch, allocated once.
+/// Receive buffers and `recvmmsg` headers for one batch, allocated once.
 pub struct RxBatch {
     bufs: Box<[u8]>,
     lens: Vec<usize>,
     from: Vec<SocketAddr>,
     capacity: usize,
+    iovs: Box<[libc::iovec]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    msgs: Box<[libc::mmsghdr]>,
 }
+
+// SAFETY: the raw pointers inside `iovs` and `msgs` only ever point into the
+// batch's own boxed buffers (rewritten before every use), so moving the batch
+// to another thread moves everything they refer to with it.
+unsafe impl Send for RxBatch {}
 
 impl RxBatch {
     /// Room for `capacity` datagrams.
     pub fn new(capacity: usize) -> RxBatch {
         let capacity = capacity.max(1);
+        let empty_iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
         RxBatch {
             bufs: vec![0u8; capacity * RX_BUF_LEN].into_boxed_slice(),
             lens: vec![0; capacity],
             from: vec![SocketAddr::from(([0, 0, 0, 0], 0)); capacity],
             capacity,
+            iovs: vec![empty_iov; capacity].into_boxed_slice(),
+            // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+            addrs: vec![unsafe { MaybeUninit::zeroed().assume_init() }; capacity].into_boxed_slice(),
+            // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+            msgs: vec![unsafe { MaybeUninit::zeroed().assume_init() }; capacity].into_boxed_slice(),
         }
     }
 
@@ -110,27 +127,22 @@ impl BatchSocket {
     /// how many arrived (0 when none are queued).
     pub fn recv_batch(&self, batch: &mut RxBatch) -> io::Result<usize> {
         let n = batch.capacity;
-        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(n);
         let base = batch.bufs.as_mut_ptr();
         for i in 0..n {
-            iovs.push(libc::iovec {
+            batch.iovs[i] = libc::iovec {
                 // SAFETY: i * RX_BUF_LEN + RX_BUF_LEN <= bufs.len() by construction.
                 iov_base: unsafe { base.add(i * RX_BUF_LEN) }.cast(),
                 iov_len: RX_BUF_LEN,
-            });
-        }
-        // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-        let mut addrs: Vec<libc::sockaddr_storage> =
-            vec![unsafe { MaybeUninit::zeroed().assume_init() }; n];
-        // SAFETY: mmsghdr is plain data; all-zero is a valid value.
-        let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; n];
-        for i in 0..n {
-            let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            };
+            let h = &mut batch.msgs[i].msg_hdr;
+            h.msg_name = (&mut batch.addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut iovs[i];
+            h.msg_iov = &mut batch.iovs[i];
             h.msg_iovlen = 1;
+            h.msg_flags = 0;
         }
+        let msgs = &mut batch.msgs;
+        let addrs = &batch.addrs;
         // SAFETY: every pointer in msgs points into iovs/addrs/bufs, which
         // outlive the call; vlen equals msgs.len().
         let rc = unsafe {

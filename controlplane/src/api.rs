@@ -7,6 +7,8 @@
 //! | GET | `/v1/peers` | | live peers (JSON array) |
 //! | POST | `/v1/publish` | `{"topic": "...", "text": "..."}` or `{"topic": "...", "data_b64": "..."}` | `{"id", "sequence", "timestamp_us"}` |
 //! | GET | `/v1/subscribe?topic=T` | `topic` optional (all topics when absent) | NDJSON stream, one delivered message per line |
+//! | POST | `/v1/deny` | `{"ip": "10.0.0.9"}` | drops that source in XDP (409 on the UDP backend) |
+//! | POST | `/v1/allow` | `{"ip": "10.0.0.9"}` | removes it from the deny map |
 //! | GET | `/metrics` | | Prometheus text format |
 //!
 //! A subscriber that falls more than 4096 messages behind gets a line
@@ -126,6 +128,37 @@ impl Drop for SubscriberGuard {
     }
 }
 
+/// Body of `POST /v1/deny` and `POST /v1/allow`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddrRequest {
+    /// Source IP address.
+    pub ip: std::net::IpAddr,
+}
+
+async fn deny_or_allow(s: Arc<Shared>, body: axum::body::Bytes, deny: bool) -> Response {
+    let req: AddrRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    let Some(x) = s.xdp.as_ref() else {
+        return error(StatusCode::CONFLICT, "the XDP backend is not active on this node");
+    };
+    let result = if deny { x.deny(req.ip).map(|_| true) } else { x.allow(req.ip) };
+    match result {
+        Ok(changed) => Json(serde_json::json!({ "ip": req.ip, "denied": deny, "changed": changed })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn deny(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    deny_or_allow(s, body, true).await
+}
+
+async fn allow(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    deny_or_allow(s, body, false).await
+}
+
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -141,6 +174,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         .route("/v1/peers", get(peers))
         .route("/v1/publish", post(publish))
         .route("/v1/subscribe", get(subscribe))
+        .route("/v1/deny", post(deny))
+        .route("/v1/allow", post(allow))
         .route("/metrics", get(metrics))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {

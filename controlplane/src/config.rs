@@ -135,6 +135,43 @@ impl Default for GossipConfig {
 pub enum Backend {
     /// Kernel UDP sockets with `recvmmsg`/`sendmmsg` (works everywhere).
     Udp,
+    /// XDP filter at the driver plus AF_XDP sockets (see `[dataplane.xdp]`).
+    Xdp,
+}
+
+/// `[dataplane.xdp]`: used when `dataplane.backend = "xdp"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpBackendConfig {
+    /// Interface carrying mesh traffic.
+    pub interface: String,
+    /// Hardware profile name (a file `<name>.toml` in `profiles_dir`).
+    pub profile: String,
+    /// Directory of hardware profiles.
+    pub profiles_dir: PathBuf,
+    /// Packets per second allowed per source address in XDP (0 = no limit).
+    pub rate_pps: u64,
+    /// Token-bucket depth per source, packets.
+    pub burst: u64,
+    /// Source addresses dropped in XDP from start-up (more via the API).
+    pub deny: Vec<std::net::IpAddr>,
+    /// When XDP or AF_XDP cannot start: run on the UDP backend instead
+    /// (logged loudly and visible in `mesh.xdp.attached`) rather than exit.
+    pub fallback_to_udp: bool,
+}
+
+impl Default for XdpBackendConfig {
+    fn default() -> Self {
+        XdpBackendConfig {
+            interface: "eth0".to_owned(),
+            profile: "veth-test".to_owned(),
+            profiles_dir: PathBuf::from("/etc/meshd/hw-profiles"),
+            rate_pps: 0,
+            burst: 1024,
+            deny: Vec::new(),
+            fallback_to_udp: false,
+        }
+    }
 }
 
 /// `[dataplane]`.
@@ -153,6 +190,8 @@ pub struct DataplaneConfig {
     pub socket_sndbuf: usize,
     /// Capacity of the queue from the fast path to the control plane.
     pub inbound_queue: usize,
+    /// XDP / AF_XDP settings.
+    pub xdp: XdpBackendConfig,
 }
 
 impl Default for DataplaneConfig {
@@ -164,6 +203,7 @@ impl Default for DataplaneConfig {
             socket_rcvbuf: 8 << 20,
             socket_sndbuf: 4 << 20,
             inbound_queue: 65_536,
+            xdp: XdpBackendConfig::default(),
         }
     }
 }
@@ -286,6 +326,23 @@ impl Config {
             "dataplane.inbound_queue",
             "must be 64..=4194304",
         )?;
+        if d.backend == Backend::Xdp {
+            check(
+                !d.xdp.interface.is_empty(),
+                "dataplane.xdp.interface",
+                "must name an interface",
+            )?;
+            check(
+                !self.node.listen.ip().is_unspecified(),
+                "node.listen",
+                "must be a concrete IP address with the xdp backend (it is the source address of AF_XDP frames)",
+            )?;
+            check(
+                (1..=1_000_000_000).contains(&d.xdp.burst),
+                "dataplane.xdp.burst",
+                "must be 1..=1000000000",
+            )?;
+        }
         if let Some(core) = d.rx_core {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
             check(
@@ -339,6 +396,11 @@ mod tests {
             ("[dataplane]\nbatch_size = 0\n", "dataplane.batch_size"),
             ("[dataplane]\nrx_core = 4096\n", "dataplane.rx_core"),
             ("[gossip]\npeer_timeout_ms = 100\n", "gossip.peer_timeout_ms"),
+            ("[dataplane]\nbackend = \"xdp\"\n", "node.listen"),
+            (
+                "[node]\nlisten = \"10.0.0.1:7400\"\n[dataplane]\nbackend = \"xdp\"\n[dataplane.xdp]\nburst = 0\n",
+                "dataplane.xdp.burst",
+            ),
         ] {
             let err = Config::from_toml(text, Path::new("x")).unwrap_err();
             match err {

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod store;
+pub mod xdp_backend;

@@ -49,6 +49,11 @@ pub const KIND_NAMES: [&str; 8] = [
     "unknown", "data", "join", "peer_list", "ihave", "iwant", "leave", "unknown",
 ];
 
+/// `mesh.xdp.mode` values.
+pub const XDP_MODES: [&str; 2] = ["native", "generic"];
+/// `mesh.xsk.bind_mode` values.
+pub const XSK_BIND_MODES: [&str; 2] = ["zero_copy", "copy"];
+
 /// Every metric of a node.
 pub struct Metrics {
     /// The Prometheus registry they live in.
@@ -80,6 +85,11 @@ pub struct Metrics {
     pub subscribers: IntGauge,
     /// Messages a slow subscriber missed.
     pub lagged: IntCounter,
+    xdp_packets: IntCounterVec,
+    /// 1 for the XDP attach mode in use, by mode.
+    pub xdp_attached: IntGaugeVec,
+    /// AF_XDP sockets by bind mode.
+    pub xsk_sockets: IntGaugeVec,
     last: Mutex<Snapshot>,
 }
 
@@ -92,6 +102,7 @@ struct Snapshot {
     tx_failed: u64,
     evicted: u64,
     batches: u64,
+    xdp: [u64; dataplane::xdp::Reason::COUNT],
 }
 
 fn counter(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -110,6 +121,15 @@ fn counter_vec(reg: &Registry, name: &str, help: &str, label: &str) -> prometheu
     )?;
     reg.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+fn gauge_vec(reg: &Registry, name: &str, help: &str, label: &str) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(
+        Opts::new(prometheus_name(name, Instrument::Gauge, "1"), help),
+        &[&label_name(label)],
+    )?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -156,6 +176,9 @@ impl Metrics {
             peers,
             subscribers: gauge(&r, "mesh.agent.subscribers", "Open agent subscriptions.")?,
             lagged: counter(&r, "mesh.agent.messages.lagged", "Messages a slow subscriber missed.")?,
+            xdp_packets: counter_vec(&r, "mesh.xdp.packets", "Packets seen by the XDP filter, by verdict and reason.", "mesh.xdp.reason")?,
+            xdp_attached: gauge_vec(&r, "mesh.xdp.attached", "1 for the XDP attach mode in use (0 on the UDP backend).", "mesh.xdp.mode")?,
+            xsk_sockets: gauge_vec(&r, "mesh.xsk.sockets", "AF_XDP sockets by bind mode.", "mesh.xsk.bind_mode")?,
             last: Mutex::new(Snapshot::default()),
             registry: r,
         };
@@ -166,44 +189,62 @@ impl Metrics {
         for kind in &KIND_NAMES[1..7] {
             m.messages_accepted.with_label_values(&[kind]);
         }
+        for reason in dataplane::xdp::Reason::ALL {
+            m.xdp_packets.with_label_values(&[reason.as_str()]);
+        }
+        for mode in XDP_MODES {
+            m.xdp_attached.with_label_values(&[mode]);
+        }
+        for mode in XSK_BIND_MODES {
+            m.xsk_sockets.with_label_values(&[mode]);
+        }
         m.peers.with_label_values(&["live"]);
         m.peers.with_label_values(&["pending"]);
         Ok(m)
     }
 
-    /// Folds the tile's published counters into the exported ones.
-    pub fn refresh(&self, tile: &TileStats) {
+    /// Folds the tiles' published counters (summed) and the XDP program's
+    /// counters into the exported ones.
+    pub fn refresh(&self, tiles: &[std::sync::Arc<TileStats>], xdp: Option<&dataplane::xdp::XdpControl>) {
         let Ok(mut last) = self.last.lock() else {
             return;
         };
+        let sum = |f: &dyn Fn(&TileStats) -> u64| tiles.iter().map(|t| f(t)).sum::<u64>();
         let delta = |now: u64, before: &mut u64| {
             let d = now.saturating_sub(*before);
             *before = now;
             d
         };
         self.packets_received
-            .inc_by(delta(tile.received.load(Ordering::Relaxed), &mut last.received));
+            .inc_by(delta(sum(&|t| t.received.load(Ordering::Relaxed)), &mut last.received));
         for reason in DropReason::ALL {
             let i = reason as usize;
-            let d = delta(tile.dropped[i].load(Ordering::Relaxed), &mut last.dropped[i]);
+            let d = delta(sum(&|t| t.dropped[i].load(Ordering::Relaxed)), &mut last.dropped[i]);
             self.packets_dropped
                 .with_label_values(&[reason.as_str()])
                 .inc_by(d);
         }
         for (i, name) in KIND_NAMES.iter().enumerate().take(7).skip(1) {
-            let d = delta(tile.accepted[i].load(Ordering::Relaxed), &mut last.accepted[i]);
+            let d = delta(sum(&|t| t.accepted[i].load(Ordering::Relaxed)), &mut last.accepted[i]);
             self.messages_accepted.with_label_values(&[name]).inc_by(d);
         }
         self.messages_forwarded
-            .inc_by(delta(tile.forwarded.load(Ordering::Relaxed), &mut last.forwarded));
+            .inc_by(delta(sum(&|t| t.forwarded.load(Ordering::Relaxed)), &mut last.forwarded));
         self.transmit_failed
-            .inc_by(delta(tile.tx_failed.load(Ordering::Relaxed), &mut last.tx_failed));
+            .inc_by(delta(sum(&|t| t.tx_failed.load(Ordering::Relaxed)), &mut last.tx_failed));
         self.dedup_evicted.inc_by(delta(
-            tile.dedup_live_evictions.load(Ordering::Relaxed),
+            sum(&|t| t.dedup_live_evictions.load(Ordering::Relaxed)),
             &mut last.evicted,
         ));
         self.batches
-            .inc_by(delta(tile.batches.load(Ordering::Relaxed), &mut last.batches));
+            .inc_by(delta(sum(&|t| t.batches.load(Ordering::Relaxed)), &mut last.batches));
+        if let Some(Ok(counts)) = xdp.map(|x| x.counters()) {
+            for reason in dataplane::xdp::Reason::ALL {
+                let i = reason as usize;
+                let d = delta(counts[i], &mut last.xdp[i]);
+                self.xdp_packets.with_label_values(&[reason.as_str()]).inc_by(d);
+            }
+        }
     }
 
     /// Prometheus text exposition of every metric.

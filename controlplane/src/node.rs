@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use dataplane::identity::{Identity, NodeId};
 use dataplane::pipeline::{DropReason, PipelineConfig};
 use dataplane::tile::{self, Command, ForwardSet, Inbound, TileConfig, TileHandle, handoff};
+
 use dataplane::udp::BatchSocket;
 use dataplane::wire::{self, Kind, MessageId, Packet};
 use rand::SeedableRng;
@@ -25,7 +26,7 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::control::{ControlMsg, MAX_IDS_PER_DIGEST};
 use crate::metrics::{KIND_NAMES, Metrics};
 use crate::peers::{Nanos, PeerConfig, PeerEvent, PeerTable};
@@ -79,6 +80,12 @@ pub struct PeerView {
 /// Node status as the API shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
+    /// Fast-path backend in use: `udp` or `xdp`.
+    pub backend: String,
+    /// XDP attach mode (`native` / `generic`) when on the XDP backend.
+    pub xdp_mode: Option<String>,
+    /// XDP filter counters by reason, when on the XDP backend.
+    pub xdp: Option<HashMap<String, u64>>,
     /// Node id (hex).
     pub node_id: String,
     /// Mesh UDP address.
@@ -132,7 +139,8 @@ enum ApiCmd {
 pub(crate) struct Shared {
     pub(crate) id: NodeId,
     pub(crate) metrics: Metrics,
-    pub(crate) tile_stats: Arc<tile::TileStats>,
+    pub(crate) tile_stats: Vec<Arc<tile::TileStats>>,
+    pub(crate) xdp: Option<dataplane::xdp::XdpControl>,
     pub(crate) deliveries: broadcast::Sender<Arc<Delivered>>,
     api: mpsc::Sender<ApiCmd>,
 }
@@ -160,7 +168,7 @@ impl Shared {
     }
 
     pub(crate) fn render_metrics(&self) -> String {
-        self.metrics.refresh(&self.tile_stats);
+        self.metrics.refresh(&self.tile_stats, self.xdp.as_ref());
         self.metrics.render()
     }
 }
@@ -260,11 +268,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let metrics = Metrics::new().context("registering metrics")?;
     let forward = Arc::new(ArcSwap::from_pointee(ForwardSet::default()));
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(cfg.dataplane.inbound_queue);
-    let sender: handoff::InboundSender = Box::new(move |m| match in_tx.try_send(m) {
-        Ok(()) => handoff::SendOutcome::Sent,
-        Err(mpsc::error::TrySendError::Full(_)) => handoff::SendOutcome::Full,
-        Err(mpsc::error::TrySendError::Closed(_)) => handoff::SendOutcome::Closed,
-    });
+    let make_sender = move || -> handoff::InboundSender {
+        let in_tx = in_tx.clone();
+        Box::new(move |m| match in_tx.try_send(m) {
+            Ok(()) => handoff::SendOutcome::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => handoff::SendOutcome::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => handoff::SendOutcome::Closed,
+        })
+    };
     let mut seed = [0u8; 8];
     getrandom_seed(&mut seed);
     let g = &cfg.gossip;
@@ -280,8 +291,30 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         idle_wait: ms(100),
         core: cfg.dataplane.rx_core,
     };
-    let tile = tile::spawn_udp_tile(socket, tile_cfg, forward.clone(), sender)?;
-    tracing::info!(addr = %udp_addr, backend = "udp", "fast path up");
+    let mut tiles = Vec::new();
+    let mut xdp = None;
+    if cfg.dataplane.backend == Backend::Xdp {
+        match crate::xdp_backend::start(&cfg, udp_addr, tile_cfg, &forward, &make_sender, &metrics) {
+            Ok((x, t)) => {
+                xdp = Some(x);
+                tiles = t;
+            }
+            Err(e) if cfg.dataplane.xdp.fallback_to_udp => {
+                tracing::warn!(error = %format!("{e:#}"), "XDP backend unavailable: FALLING BACK to the UDP backend");
+            }
+            Err(e) => return Err(e.context("starting the XDP backend (set dataplane.xdp.fallback_to_udp to run on UDP instead)")),
+        }
+    }
+    // The kernel socket's tile always runs: it is the whole fast path on the
+    // UDP backend, and with XDP it handles mesh packets the program passes
+    // (queues without an AF_XDP socket).
+    tiles.push(tile::spawn_udp_tile(socket, tile_cfg, forward.clone(), make_sender())?);
+    tracing::info!(
+        addr = %udp_addr,
+        backend = if xdp.is_some() { "xdp" } else { "udp" },
+        tiles = tiles.len(),
+        "fast path up"
+    );
 
     let api_listener = tokio::net::TcpListener::bind(cfg.node.api_listen)
         .await
@@ -293,7 +326,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let shared = Arc::new(Shared {
         id,
         metrics,
-        tile_stats: tile.stats().clone(),
+        tile_stats: tiles.iter().map(|t| t.stats().clone()).collect(),
+        xdp: xdp.as_ref().and_then(|x: &crate::xdp_backend::Running| x.control().try_clone().ok()),
         deliveries,
         api: api_tx,
     });
@@ -317,7 +351,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         cfg: cfg.clone(),
         identity,
         shared: shared.clone(),
-        tile,
+        tiles,
+        _xdp: xdp,
         send_socket,
         forward,
         peers,
@@ -355,7 +390,10 @@ struct Control {
     cfg: Config,
     identity: Identity,
     shared: Arc<Shared>,
-    tile: TileHandle,
+    /// Fast-path tiles; local publishes go to the first (AF_XDP when on).
+    tiles: Vec<TileHandle>,
+    /// Keeps the XDP program attached until the tiles stopped (field order).
+    _xdp: Option<crate::xdp_backend::Running>,
     send_socket: UdpSocket,
     forward: Arc<ArcSwap<ForwardSet>>,
     peers: PeerTable,
@@ -407,7 +445,9 @@ impl Control {
             self.flush_peer_transmits();
             self.sync_forward_set();
         }
-        self.tile.stop();
+        for t in &mut self.tiles {
+            t.stop();
+        }
         tracing::info!(node = %self.shared.id, "node stopped");
     }
 
@@ -572,7 +612,10 @@ impl Control {
         let id = p.message_id();
         let now = self.now();
         self.accept_data(now, &p, ts, true);
-        if !self.tile.command(Command::Publish(bytes)) {
+        let Some(tile) = self.tiles.first() else {
+            return Err(PublishError::Unavailable("no fast path"));
+        };
+        if !tile.command(Command::Publish(bytes)) {
             return Err(PublishError::Unavailable("fast path queue full"));
         }
         self.shared.metrics.published.inc();
@@ -585,23 +628,31 @@ impl Control {
 
     fn status(&self) -> Status {
         use std::sync::atomic::Ordering::Relaxed;
-        let s = self.tile.stats();
+        let sum = |f: &dyn Fn(&tile::TileStats) -> u64| self.tiles.iter().map(|t| f(t.stats())).sum::<u64>();
         Status {
+            backend: if self._xdp.is_some() { "xdp" } else { "udp" }.to_owned(),
+            xdp_mode: self._xdp.as_ref().map(|x| x.mode.to_string()),
+            xdp: self.shared.xdp.as_ref().and_then(|x| x.counters().ok()).map(|c| {
+                dataplane::xdp::Reason::ALL
+                    .iter()
+                    .map(|r| (r.as_str().to_owned(), c[*r as usize]))
+                    .collect()
+            }),
             node_id: self.shared.id.to_hex(),
             listen: self.udp_addr,
             api: self.api_addr,
             peers_live: self.peers.live_count(),
             peers_pending: self.peers.pending_count(),
             stored_messages: self.store.len(),
-            received: s.received.load(Relaxed),
+            received: sum(&|s| s.received.load(Relaxed)),
             accepted: (1..7)
-                .map(|k| (KIND_NAMES[k].to_owned(), s.accepted[k].load(Relaxed)))
+                .map(|k| (KIND_NAMES[k].to_owned(), sum(&|s| s.accepted[k].load(Relaxed))))
                 .collect(),
             dropped: DropReason::ALL
                 .iter()
-                .map(|r| (r.as_str().to_owned(), s.dropped[*r as usize].load(Relaxed)))
+                .map(|r| (r.as_str().to_owned(), sum(&|s| s.dropped[*r as usize].load(Relaxed))))
                 .collect(),
-            forwarded: s.forwarded.load(Relaxed),
+            forwarded: sum(&|s| s.forwarded.load(Relaxed)),
             delivered: self.shared.metrics.delivered.get(),
             published: self.shared.metrics.published.get(),
             uptime_ms: self.started.elapsed().as_millis() as u64,

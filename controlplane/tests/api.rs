@@ -84,6 +84,11 @@ async fn agents_publish_and_subscribe_over_http() {
         let (code, _) = request(api, "POST", "/v1/publish", r#"{"topic":"t","text":"a","data_b64":"YQ=="}"#);
         assert_eq!(code, 400);
 
+        // Deny needs the XDP backend; on UDP it is a clear conflict.
+        let (code, body) = request(api, "POST", "/v1/deny", r#"{"ip":"10.1.2.3"}"#);
+        assert_eq!(code, 409, "{body}");
+        assert!(body.contains("XDP backend is not active"), "{body}");
+
         let (code, body) = request(api, "GET", "/v1/status", "");
         assert_eq!(code, 200);
         let st: serde_json::Value = serde_json::from_str(&body).unwrap();

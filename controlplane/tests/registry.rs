@@ -109,4 +109,10 @@ fn drop_reasons_and_kinds_match_the_registry_enums() {
     assert_eq!(kinds, enum_members("mesh.message.kind"));
     let states: BTreeSet<String> = ["live", "pending"].iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(states, enum_members("mesh.peer.state"));
+    let xdp: BTreeSet<String> = dataplane::xdp::Reason::ALL.iter().map(|r| r.as_str().to_owned()).collect();
+    assert_eq!(xdp, enum_members("mesh.xdp.reason"));
+    let modes: BTreeSet<String> = controlplane::metrics::XDP_MODES.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(modes, enum_members("mesh.xdp.mode"));
+    let binds: BTreeSet<String> = controlplane::metrics::XSK_BIND_MODES.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(binds, enum_members("mesh.xsk.bind_mode"));
 }

@@ -15,6 +15,7 @@
 pub mod dedup;
 pub mod identity;
 pub mod pipeline;
+pub mod profile;
 pub mod tile;
 pub mod udp;
 pub mod verify;

@@ -25,8 +25,11 @@ use crossbeam_channel::{Receiver, Sender};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use std::os::fd::RawFd;
+
 use crate::pipeline::{Accepted, DropReason, Pipeline, PipelineConfig};
-use crate::udp::{BatchSocket, RxBatch, Waker, wait_readable};
+use crate::udp::{BatchSocket, UdpBackend, Waker, wait_readable};
+use crate::xsk::{Backend, RxView, TxSink};
 use crate::wire::{self, Kind, Packet};
 
 /// Peers the tile forwards data messages to, published by the control plane.
@@ -143,35 +146,89 @@ pub fn wall_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts a tile on `socket`. Accepted messages go to `inbound`; peers to
-/// forward to are read from `forward`.
+/// Starts a tile on a UDP socket. Accepted messages go to `inbound`; peers
+/// to forward to are read from `forward`.
 pub fn spawn_udp_tile(
     socket: BatchSocket,
     cfg: TileConfig,
     forward: Arc<ArcSwap<ForwardSet>>,
     inbound: handoff::InboundSender,
 ) -> std::io::Result<TileHandle> {
+    let local_addr = socket.local_addr()?;
+    let batch = cfg.batch_size.clamp(1, crate::pipeline::MAX_BATCH);
+    spawn_tile(
+        format!("mesh-rx-{}", local_addr.port()),
+        local_addr,
+        cfg,
+        forward,
+        inbound,
+        move || {
+            let fd = socket.raw_fd();
+            Ok((UdpBackend::new(socket, batch), fd))
+        },
+    )
+}
+
+/// Starts a tile on any [`Backend`]. `make` runs on the new thread (so the
+/// backend need not be `Send`, and is built on its pinned core) and returns
+/// the backend and a descriptor that polls readable when packets wait.
+pub fn spawn_tile<B, F>(
+    name: String,
+    local_addr: SocketAddr,
+    cfg: TileConfig,
+    forward: Arc<ArcSwap<ForwardSet>>,
+    inbound: handoff::InboundSender,
+    make: F,
+) -> std::io::Result<TileHandle>
+where
+    B: Backend,
+    F: FnOnce() -> std::io::Result<(B, RawFd)> + Send + 'static,
+{
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(4096);
     let waker = Arc::new(Waker::new()?);
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(TileStats::default());
-    let local_addr = socket.local_addr()?;
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let run = Run {
-        socket,
-        cfg,
-        forward,
-        inbound,
-        commands: cmd_rx,
-        waker: waker.clone(),
-        stop: stop.clone(),
-        stats: stats.clone(),
-        rng: SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
-    };
-    let join = std::thread::Builder::new()
-        .name(format!("mesh-rx-{}", local_addr.port()))
-        .spawn(move || run.run())?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
+    let (w, st, stt) = (waker.clone(), stop.clone(), stats.clone());
+    let join = std::thread::Builder::new().name(name).spawn(move || {
+        if let Some(core) = cfg.core {
+            let pinned = core_affinity_pin(core);
+            tracing::info!(core, pinned, "fast-path tile pinned");
+        }
+        let (backend, fd) = match make() {
+            Ok(b) => {
+                let _ = ready_tx.send(Ok(()));
+                b
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let run = Run {
+            backend,
+            wait_fd: fd,
+            cfg,
+            forward,
+            inbound,
+            commands: cmd_rx,
+            waker: w,
+            stop: st,
+            stats: stt,
+            rng: SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
+        };
+        run.run();
+    })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = join.join();
+            return Err(e);
+        }
+        Err(_) => return Err(std::io::Error::other("fast-path tile died during start-up")),
+    }
     Ok(TileHandle {
         commands: cmd_tx,
         waker,
@@ -202,8 +259,9 @@ pub mod handoff {
     pub type InboundSender = Box<dyn Fn(Inbound) -> SendOutcome + Send>;
 }
 
-struct Run {
-    socket: BatchSocket,
+struct Run<B: Backend> {
+    backend: B,
+    wait_fd: RawFd,
     cfg: TileConfig,
     forward: Arc<ArcSwap<ForwardSet>>,
     inbound: handoff::InboundSender,
@@ -214,15 +272,10 @@ struct Run {
     rng: SmallRng,
 }
 
-impl Run {
+impl<B: Backend> Run<B> {
     fn run(mut self) {
-        if let Some(core) = self.cfg.core {
-            let pinned = core_affinity_pin(core);
-            tracing::info!(core, pinned, "rx tile pinned");
-        }
         let origin = Instant::now();
         let mut pipeline = Pipeline::new(self.cfg.pipeline);
-        let mut batch = RxBatch::new(self.cfg.batch_size.clamp(1, crate::pipeline::MAX_BATCH));
         let mut accepted_store: Vec<Accepted<'static>> =
             Vec::with_capacity(crate::pipeline::MAX_BATCH);
         let mut tx_bufs: Vec<Vec<u8>> = Vec::with_capacity(crate::pipeline::MAX_BATCH);
@@ -231,7 +284,7 @@ impl Run {
         let mut tx_failed = 0u64;
         let mut batches = 0u64;
         while !self.stop.load(Ordering::Acquire) {
-            if let Err(e) = wait_readable(self.socket.raw_fd(), &self.waker, self.cfg.idle_wait) {
+            if let Err(e) = wait_readable(self.wait_fd, &self.waker, self.cfg.idle_wait) {
                 tracing::warn!(error = %e, "poll failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -245,14 +298,15 @@ impl Run {
                     choose_peers(&mut self.rng, &peers.peers, self.cfg.fanout, None, &mut dests);
                     let msgs: Vec<(SocketAddr, &[u8])> =
                         dests.iter().map(|d| (*d, &bytes[..])).collect();
-                    let sent = self.socket.send_batch(&msgs).unwrap_or(0);
+                    let (_, tx) = self.backend.halves();
+                    let sent = tx.send_batch(&msgs).unwrap_or(0);
                     forwarded += sent as u64;
                     tx_failed += (msgs.len() - sent) as u64;
                 }
             }
             // Drain the socket in batches.
             loop {
-                let n = match self.socket.recv_batch(&mut batch) {
+                let n = match self.backend.recv_batch() {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(error = %e, "recv failed");
@@ -265,6 +319,8 @@ impl Run {
                 batches += 1;
                 let now_ns = origin.elapsed().as_nanos() as u64;
                 let wall = wall_us();
+                let (batch, tx_sink) = self.backend.halves();
+                let n = n.min(batch.len());
                 let mut views: [&[u8]; crate::pipeline::MAX_BATCH] = [&[]; crate::pipeline::MAX_BATCH];
                 for (i, v) in views.iter_mut().enumerate().take(n) {
                     *v = batch.packet(i);
@@ -308,7 +364,7 @@ impl Run {
                 if !tx.is_empty() {
                     let msgs: Vec<(SocketAddr, &[u8])> =
                         tx.iter().map(|(d, i)| (*d, &tx_bufs[*i][..])).collect();
-                    let sent = self.socket.send_batch(&msgs).unwrap_or(0);
+                    let sent = tx_sink.send_batch(&msgs).unwrap_or(0);
                     forwarded += sent as u64;
                     tx_failed += (msgs.len() - sent) as u64;
                 }

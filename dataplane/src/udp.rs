@@ -18,6 +18,7 @@ pub struct RxBatch {
     lens: Vec<usize>,
     from: Vec<SocketAddr>,
     capacity: usize,
+    count: usize,
     iovs: Box<[libc::iovec]>,
     addrs: Box<[libc::sockaddr_storage]>,
     msgs: Box<[libc::mmsghdr]>,
@@ -41,6 +42,7 @@ impl RxBatch {
             lens: vec![0; capacity],
             from: vec![SocketAddr::from(([0, 0, 0, 0], 0)); capacity],
             capacity,
+            count: 0,
             iovs: vec![empty_iov; capacity].into_boxed_slice(),
             // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
             addrs: vec![unsafe { MaybeUninit::zeroed().assume_init() }; capacity].into_boxed_slice(),
@@ -155,6 +157,7 @@ impl BatchSocket {
             )
         };
         if rc < 0 {
+            batch.count = 0;
             let e = io::Error::last_os_error();
             return match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
@@ -162,6 +165,7 @@ impl BatchSocket {
             };
         }
         let got = rc as usize;
+        batch.count = got;
         for i in 0..got {
             let truncated = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             // A truncated datagram keeps the full buffer length, which the
@@ -434,5 +438,50 @@ mod tests {
         let r = wait_readable(b.raw_fd(), &waker, Duration::from_secs(5)).unwrap();
         assert!(r.woken);
         assert!(!r.socket);
+    }
+}
+
+impl crate::xsk::RxView for RxBatch {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn packet(&self, i: usize) -> &[u8] {
+        if i < self.count { RxBatch::packet(self, i) } else { &[] }
+    }
+    fn from(&self, i: usize) -> SocketAddr {
+        self.from.get(i).copied().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
+impl crate::xsk::TxSink for BatchSocket {
+    fn send_batch(&mut self, msgs: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+        BatchSocket::send_batch(self, msgs)
+    }
+}
+
+/// The UDP backend as a [`crate::xsk::Backend`]: a socket and its batch.
+pub struct UdpBackend {
+    socket: BatchSocket,
+    rx: RxBatch,
+}
+
+impl UdpBackend {
+    /// Wraps `socket` with a receive batch of `batch` datagrams.
+    pub fn new(socket: BatchSocket, batch: usize) -> UdpBackend {
+        UdpBackend {
+            socket,
+            rx: RxBatch::new(batch),
+        }
+    }
+}
+
+impl crate::xsk::Backend for UdpBackend {
+    type Rx = RxBatch;
+    type Tx = BatchSocket;
+    fn recv_batch(&mut self) -> io::Result<usize> {
+        self.socket.recv_batch(&mut self.rx)
+    }
+    fn halves(&mut self) -> (&RxBatch, &mut BatchSocket) {
+        (&self.rx, &mut self.socket)
     }
 }

@@ -5,6 +5,7 @@
 //! meshctl peers
 //! meshctl publish TOPIC TEXT
 //! meshctl subscribe TOPIC [--count N]
+//! meshctl deny IP | allow IP      (XDP backend)
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -35,6 +36,16 @@ enum Cmd {
         topic: String,
         /// Message text.
         text: String,
+    },
+    /// Drop packets from IP in XDP (XDP backend only).
+    Deny {
+        /// Source address.
+        ip: std::net::IpAddr,
+    },
+    /// Remove IP from the XDP deny list.
+    Allow {
+        /// Source address.
+        ip: std::net::IpAddr,
     },
     /// Print messages on TOPIC as they arrive, one JSON object per line.
     Subscribe {
@@ -78,6 +89,20 @@ fn main() -> anyhow::Result<()> {
                     bail!("publish failed ({code}): {body}");
                 }
                 Err(e) => return Err(e).context("POST /v1/publish"),
+            }
+        }
+        Cmd::Deny { ip } | Cmd::Allow { ip } => {
+            let path = if matches!(args.cmd, Cmd::Deny { .. }) { "deny" } else { "allow" };
+            match ureq::post(&format!("{base}/v1/{path}")).send_json(serde_json::json!({ "ip": ip })) {
+                Ok(r) => {
+                    let v: serde_json::Value = r.into_json()?;
+                    writeln!(out, "{v}")?;
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    let body = r.into_string().unwrap_or_default();
+                    bail!("{path} failed ({code}): {body}");
+                }
+                Err(e) => return Err(e).context(format!("POST /v1/{path}")),
             }
         }
         Cmd::Subscribe { topic, count } => {

@@ -278,8 +278,16 @@ impl<B: Backend> Run<B> {
         let mut pipeline = Pipeline::new(self.cfg.pipeline);
         let mut accepted_store: Vec<Accepted<'static>> =
             Vec::with_capacity(crate::pipeline::MAX_BATCH);
-        let mut tx_bufs: Vec<Vec<u8>> = Vec::with_capacity(crate::pipeline::MAX_BATCH);
-        let mut tx: Vec<(SocketAddr, usize)> = Vec::with_capacity(1024);
+        // Forwarding scratch, allocated once: one datagram buffer per batch
+        // slot, destination lists, and the send list (recycled across
+        // batches so no allocation happens per packet).
+        let mut tx_bufs: Vec<Vec<u8>> = (0..crate::pipeline::MAX_BATCH)
+            .map(|_| Vec::with_capacity(wire::MAX_DATAGRAM))
+            .collect();
+        let mut tx: Vec<(SocketAddr, usize)> =
+            Vec::with_capacity(crate::pipeline::MAX_BATCH * self.cfg.fanout.max(1));
+        let mut dests: Vec<SocketAddr> = Vec::with_capacity(self.cfg.fanout.max(1));
+        let mut msgs_store: Vec<(SocketAddr, &'static [u8])> = Vec::with_capacity(tx.capacity());
         let mut forwarded = 0u64;
         let mut tx_failed = 0u64;
         let mut batches = 0u64;
@@ -294,14 +302,15 @@ impl<B: Backend> Run<B> {
                 if let Ok(p) = Packet::parse(&bytes) {
                     pipeline.mark_seen(p.signature(), now_ns);
                     let peers = self.forward.load();
-                    let mut dests = Vec::with_capacity(self.cfg.fanout);
+                    dests.clear();
                     choose_peers(&mut self.rng, &peers.peers, self.cfg.fanout, None, &mut dests);
-                    let msgs: Vec<(SocketAddr, &[u8])> =
-                        dests.iter().map(|d| (*d, &bytes[..])).collect();
+                    let mut msgs = recycle_msgs(std::mem::take(&mut msgs_store));
+                    msgs.extend(dests.iter().map(|d| (*d, &bytes[..])));
                     let (_, tx) = self.backend.halves();
                     let sent = tx.send_batch(&msgs).unwrap_or(0);
                     forwarded += sent as u64;
                     tx_failed += (msgs.len() - sent) as u64;
+                    msgs_store = recycle_msgs(msgs);
                 }
             }
             // Drain the socket in batches.
@@ -327,7 +336,7 @@ impl<B: Backend> Run<B> {
                 }
                 let mut accepted = recycle(std::mem::take(&mut accepted_store));
                 pipeline.process(now_ns, wall, &views[..n], &mut accepted);
-                tx_bufs.clear();
+                let mut used = 0;
                 tx.clear();
                 let peers = self.forward.load();
                 for a in &accepted {
@@ -352,21 +361,25 @@ impl<B: Backend> Run<B> {
                     }
                     pipeline.commit(a.key, now_ns);
                     if kind == Kind::Data && a.packet.hop_limit() > 1 {
-                        let mut buf = a.packet.as_bytes().to_vec();
-                        wire::set_hop_limit(&mut buf, a.packet.hop_limit() - 1);
-                        let idx = tx_bufs.len();
-                        tx_bufs.push(buf);
-                        let mut dests = Vec::with_capacity(self.cfg.fanout);
+                        let Some(buf) = tx_bufs.get_mut(used) else {
+                            continue;
+                        };
+                        buf.clear();
+                        buf.extend_from_slice(a.packet.as_bytes());
+                        wire::set_hop_limit(buf, a.packet.hop_limit() - 1);
+                        dests.clear();
                         choose_peers(&mut self.rng, &peers.peers, self.cfg.fanout, Some(from), &mut dests);
-                        tx.extend(dests.into_iter().map(|d| (d, idx)));
+                        tx.extend(dests.iter().map(|d| (*d, used)));
+                        used += 1;
                     }
                 }
                 if !tx.is_empty() {
-                    let msgs: Vec<(SocketAddr, &[u8])> =
-                        tx.iter().map(|(d, i)| (*d, &tx_bufs[*i][..])).collect();
+                    let mut msgs = recycle_msgs(std::mem::take(&mut msgs_store));
+                    msgs.extend(tx.iter().map(|(d, i)| (*d, &tx_bufs[*i][..])));
                     let sent = tx_sink.send_batch(&msgs).unwrap_or(0);
                     forwarded += sent as u64;
                     tx_failed += (msgs.len() - sent) as u64;
+                    msgs_store = recycle_msgs(msgs);
                 }
                 accepted_store = recycle(accepted);
                 self.publish(&pipeline, forwarded, tx_failed, batches);
@@ -396,6 +409,12 @@ impl<B: Backend> Run<B> {
 /// Reuses a vector's allocation for borrows of another lifetime: the vector
 /// is emptied first, and in-place collection keeps its buffer.
 fn recycle<'a, 'b>(mut v: Vec<Accepted<'a>>) -> Vec<Accepted<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("vector was cleared")).collect()
+}
+
+/// [`recycle`] for send lists.
+fn recycle_msgs<'a, 'b>(mut v: Vec<(SocketAddr, &'a [u8])>) -> Vec<(SocketAddr, &'b [u8])> {
     v.clear();
     v.into_iter().map(|_| unreachable!("vector was cleared")).collect()
 }

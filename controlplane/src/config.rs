@@ -107,6 +107,9 @@ pub struct GossipConfig {
     pub max_stored_messages: usize,
     /// Most live peers kept.
     pub max_peers: usize,
+    /// How long a peer that stopped answering is remembered and probed
+    /// (partition healing and detection) before it is forgotten.
+    pub forget_after_ms: u64,
 }
 
 impl Default for GossipConfig {
@@ -125,6 +128,7 @@ impl Default for GossipConfig {
             retention_ms: 60_000,
             max_stored_messages: 65_536,
             max_peers: 64,
+            forget_after_ms: 600_000,
         }
     }
 }
@@ -304,6 +308,11 @@ impl Config {
             (1..=4096).contains(&g.max_peers),
             "gossip.max_peers",
             "must be 1..=4096",
+        )?;
+        check(
+            g.forget_after_ms >= g.peer_timeout_ms,
+            "gossip.forget_after_ms",
+            "must be at least gossip.peer_timeout_ms",
         )?;
         let d = &self.dataplane;
         check(

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub peers: IntGaugeVec,
     /// Open subscriptions.
     pub subscribers: IntGauge,
+    /// 1 while this node is cut off from the mesh.
+    pub partitioned: IntGauge,
     /// Messages a slow subscriber missed.
     pub lagged: IntCounter,
     xdp_packets: IntCounterVec,
@@ -175,6 +177,7 @@ impl Metrics {
             store_messages: gauge(&r, "mesh.gossip.store.messages", "Messages held for anti-entropy repair.")?,
             peers,
             subscribers: gauge(&r, "mesh.agent.subscribers", "Open agent subscriptions.")?,
+            partitioned: gauge(&r, "mesh.partition.detected", "1 while this node reaches fewer than n - f of the n members it knows.")?,
             lagged: counter(&r, "mesh.agent.messages.lagged", "Messages a slow subscriber missed.")?,
             xdp_packets: counter_vec(&r, "mesh.xdp.packets", "Packets seen by the XDP filter, by verdict and reason.", "mesh.xdp.reason")?,
             xdp_attached: gauge_vec(&r, "mesh.xdp.attached", "1 for the XDP attach mode in use (0 on the UDP backend).", "mesh.xdp.mode")?,
@@ -200,6 +203,7 @@ impl Metrics {
         }
         m.peers.with_label_values(&["live"]);
         m.peers.with_label_values(&["pending"]);
+        m.peers.with_label_values(&["unreachable"]);
         Ok(m)
     }
 

@@ -96,6 +96,10 @@ pub struct Status {
     pub peers_live: usize,
     /// Addresses learned but not yet answering.
     pub peers_pending: usize,
+    /// Members that stopped answering and are still probed.
+    pub peers_unreachable: usize,
+    /// True while this node reaches fewer than n − f of the n members it knows.
+    pub partitioned: bool,
     /// Messages held for repair.
     pub stored_messages: usize,
     /// Datagrams received by the fast path.
@@ -343,6 +347,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
             peer_timeout: ms(g.peer_timeout_ms),
             exchange_interval: ms(g.peer_exchange_interval_ms),
             max_peers: g.max_peers,
+            forget_after: ms(g.forget_after_ms),
         },
         SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
     );
@@ -487,12 +492,6 @@ impl Control {
             }
         };
         self.peers.handle_message(now, m.from, origin, &msg);
-        while let Some(ev) = self.peers.poll_event() {
-            match ev {
-                PeerEvent::Up(id, addr) => tracing::info!(peer = %id.short(), %addr, "peer up"),
-                PeerEvent::Down(id, addr) => tracing::info!(peer = %id.short(), %addr, "peer down"),
-            }
-        }
         match msg {
             ControlMsg::IHave(ids) => {
                 let missing: Vec<MessageId> = ids.into_iter().filter(|id| !self.store.contains(id)).collect();
@@ -643,6 +642,8 @@ impl Control {
             api: self.api_addr,
             peers_live: self.peers.live_count(),
             peers_pending: self.peers.pending_count(),
+            peers_unreachable: self.peers.unreachable_count(),
+            partitioned: self.peers.partitioned(),
             stored_messages: self.store.len(),
             received: sum(&|s| s.received.load(Relaxed)),
             accepted: (1..7)
@@ -675,6 +676,18 @@ impl Control {
     }
 
     fn flush_peer_transmits(&mut self) {
+        while let Some(ev) = self.peers.poll_event() {
+            match ev {
+                PeerEvent::Up(id, addr) => tracing::info!(peer = %id.short(), %addr, "peer up"),
+                PeerEvent::Down(id, addr) => tracing::info!(peer = %id.short(), %addr, "peer down"),
+                PeerEvent::PartitionDetected { reachable, known } => {
+                    tracing::warn!(reachable, known, "PARTITION: this node reaches fewer than n - f members; still serving local agents")
+                }
+                PeerEvent::PartitionHealed { reachable, known } => {
+                    tracing::info!(reachable, known, "partition healed")
+                }
+            }
+        }
         while let Some((to, msg)) = self.peers.poll_transmit() {
             self.send_control(to, &msg);
         }
@@ -685,6 +698,12 @@ impl Control {
             .peers
             .with_label_values(&["pending"])
             .set(self.peers.pending_count() as i64);
+        self.shared
+            .metrics
+            .peers
+            .with_label_values(&["unreachable"])
+            .set(self.peers.unreachable_count() as i64);
+        self.shared.metrics.partitioned.set(i64::from(self.peers.partitioned()));
     }
 
     fn sync_forward_set(&mut self) {

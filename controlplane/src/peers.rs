@@ -7,7 +7,15 @@
 //! *pending*: the node sends them a `Join` and never forwards data to them
 //! until they answer, so a forged peer list cannot turn the mesh into a
 //! reflector aimed at a third party. A live peer that stays silent for
-//! `peer_timeout` is dropped; a `Leave` drops it at once.
+//! `peer_timeout` is dropped from the live set; a `Leave` drops it at once.
+//!
+//! Peers that stopped answering (not those that left) are remembered for
+//! `forget_after` and probed with a `Join` every few seconds, together with
+//! the seeds. That is how the two sides of a healed partition find each
+//! other again without anyone re-joining by hand; anti-entropy then carries
+//! the messages published on each side to the other. The same memory gives
+//! partition detection: with `n` known members (self included) and
+//! `f = ⌊(n − 1)/3⌋`, a node that reaches fewer than `n − f` says it is cut off.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -36,6 +44,9 @@ pub struct PeerConfig {
     pub exchange_interval: Duration,
     /// Most live peers.
     pub max_peers: usize,
+    /// How long a peer that stopped answering is remembered (and probed)
+    /// before it is forgotten.
+    pub forget_after: Duration,
 }
 
 /// A live peer.
@@ -56,6 +67,21 @@ pub enum PeerEvent {
     Up(NodeId, SocketAddr),
     /// A peer left or timed out.
     Down(NodeId, SocketAddr),
+    /// This node can reach fewer than `n − f` of the `n` members it knows
+    /// (itself included, `f = ⌊(n − 1) / 3⌋`): it is cut off from the mesh.
+    PartitionDetected {
+        /// Members reachable, this node included.
+        reachable: usize,
+        /// Members known, this node included.
+        known: usize,
+    },
+    /// Enough members are reachable again.
+    PartitionHealed {
+        /// Members reachable, this node included.
+        reachable: usize,
+        /// Members known, this node included.
+        known: usize,
+    },
 }
 
 /// Seeds are re-joined this often even when the node has peers, so that two
@@ -67,6 +93,9 @@ pub struct PeerTable {
     me: NodeId,
     cfg: PeerConfig,
     live: HashMap<NodeId, PeerInfo>,
+    /// Peers that timed out: last address and when they were last heard.
+    unreachable: HashMap<NodeId, (SocketAddr, Nanos)>,
+    partitioned: bool,
     pending: HashMap<SocketAddr, Nanos>,
     out: VecDeque<(SocketAddr, ControlMsg)>,
     events: VecDeque<PeerEvent>,
@@ -88,6 +117,8 @@ impl PeerTable {
             me,
             cfg,
             live: HashMap::new(),
+            unreachable: HashMap::new(),
+            partitioned: false,
             pending: HashMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -112,6 +143,36 @@ impl PeerTable {
     /// Number of live peers.
     pub fn live_count(&self) -> usize {
         self.live.len()
+    }
+
+    /// Members this node knows, itself included (live + unreachable + 1).
+    pub fn known_count(&self) -> usize {
+        self.live.len() + self.unreachable.len() + 1
+    }
+
+    /// Peers that stopped answering and are still remembered.
+    pub fn unreachable_count(&self) -> usize {
+        self.unreachable.len()
+    }
+
+    /// True while this node reaches fewer than `n − f` known members.
+    pub fn partitioned(&self) -> bool {
+        self.partitioned
+    }
+
+    fn update_partition(&mut self) {
+        let known = self.known_count();
+        let reachable = self.live.len() + 1;
+        let f = (known - 1) / 3;
+        let cut = reachable < known - f;
+        if cut != self.partitioned {
+            self.partitioned = cut;
+            self.events.push_back(if cut {
+                PeerEvent::PartitionDetected { reachable, known }
+            } else {
+                PeerEvent::PartitionHealed { reachable, known }
+            });
+        }
     }
 
     /// Number of pending addresses.
@@ -139,6 +200,9 @@ impl PeerTable {
                 self.version += 1;
                 self.events.push_back(PeerEvent::Down(p.id, p.addr));
             }
+            // A clean departure is not a failure: forget it at once.
+            self.unreachable.remove(&origin);
+            self.update_partition();
             return;
         }
         let was_live = self.mark_live(now, from, origin);
@@ -166,6 +230,7 @@ impl PeerTable {
     /// Records `origin` as live at `from`; returns whether it already was.
     fn mark_live(&mut self, now: Nanos, from: SocketAddr, origin: NodeId) -> bool {
         self.pending.remove(&from);
+        self.unreachable.remove(&origin);
         if let Some(p) = self.live.get_mut(&origin) {
             p.last_heard = now;
             if p.addr != from {
@@ -194,6 +259,7 @@ impl PeerTable {
         );
         self.version += 1;
         self.events.push_back(PeerEvent::Up(origin, from));
+        self.update_partition();
         false
     }
 
@@ -219,8 +285,13 @@ impl PeerTable {
             if let Some(p) = self.live.remove(&id) {
                 self.version += 1;
                 self.events.push_back(PeerEvent::Down(p.id, p.addr));
+                self.unreachable.insert(p.id, (p.addr, p.last_heard));
             }
         }
+        let forget = ns(self.cfg.forget_after);
+        self.unreachable
+            .retain(|_, (_, last)| now.saturating_sub(*last) <= forget);
+        self.update_partition();
         self.pending
             .retain(|_, since| now.saturating_sub(*since) <= timeout);
 
@@ -249,11 +320,13 @@ impl PeerTable {
         }
     }
 
+    /// Knocks on the seeds and on remembered unreachable peers.
     fn join_seeds(&mut self) {
         let seeds: Vec<SocketAddr> = self
             .cfg
             .bootstrap
             .iter()
+            .chain(self.unreachable.values().map(|(a, _)| a))
             .filter(|s| !self.live.values().any(|p| p.addr == **s))
             .copied()
             .collect();
@@ -300,6 +373,7 @@ mod tests {
             peer_timeout: Duration::from_millis(300),
             exchange_interval: Duration::from_millis(200),
             max_peers: 8,
+            forget_after: Duration::from_secs(10),
         }
     }
 
@@ -367,5 +441,87 @@ mod tests {
             t.handle_message(0, addr(i), NodeId([i; 32]), &ControlMsg::Join);
         }
         assert_eq!(t.live_count(), 8);
+    }
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, i], 7400))
+    }
+
+    fn table() -> PeerTable {
+        PeerTable::new(
+            NodeId([0; 32]),
+            PeerConfig {
+                bootstrap: vec![],
+                heartbeat_interval: Duration::from_millis(100),
+                peer_timeout: Duration::from_millis(300),
+                exchange_interval: Duration::from_millis(200),
+                max_peers: 16,
+                forget_after: Duration::from_secs(10),
+            },
+            SmallRng::seed_from_u64(3),
+        )
+    }
+
+    #[test]
+    fn losing_more_than_f_members_is_a_partition_and_their_return_heals_it() {
+        let mut t = table();
+        // 6 peers + self = 7 known, f = 2: cut off below 5 reachable.
+        for i in 1..=6u8 {
+            t.handle_message(0, addr(i), NodeId([i; 32]), &ControlMsg::Join);
+        }
+        while t.poll_event().is_some() {}
+        // Peers 1 and 2 keep answering; 3..6 go silent.
+        let late = ns(Duration::from_millis(400));
+        for i in 1..=2u8 {
+            t.handle_message(late - 1, addr(i), NodeId([i; 32]), &ControlMsg::Join);
+        }
+        t.handle_timeout(late);
+        assert!(t.partitioned());
+        assert_eq!((t.live_count(), t.unreachable_count(), t.known_count()), (2, 4, 7));
+        let events: Vec<PeerEvent> = std::iter::from_fn(|| t.poll_event()).collect();
+        assert!(events.contains(&PeerEvent::PartitionDetected { reachable: 3, known: 7 }), "{events:?}");
+        // Unreachable peers are probed along with the seeds.
+        t.handle_timeout(late + ns(Duration::from_secs(7)));
+        let probes: Vec<SocketAddr> = std::iter::from_fn(|| t.poll_transmit())
+            .filter(|(_, m)| *m == ControlMsg::Join)
+            .map(|(a, _)| a)
+            .collect();
+        for i in 3..=6u8 {
+            assert!(probes.contains(&addr(i)), "peer {i} not probed: {probes:?}");
+        }
+        // The other side answers: healed.
+        let back = late + ns(Duration::from_secs(7));
+        for i in 3..=6u8 {
+            t.handle_message(back, addr(i), NodeId([i; 32]), &ControlMsg::Join);
+        }
+        assert!(!t.partitioned());
+        let events: Vec<PeerEvent> = std::iter::from_fn(|| t.poll_event()).collect();
+        assert!(events.iter().any(|e| matches!(e, PeerEvent::PartitionHealed { .. })));
+    }
+
+    #[test]
+    fn one_crash_in_seven_is_not_a_partition_and_a_leave_is_forgotten() {
+        let mut t = table();
+        for i in 1..=6u8 {
+            t.handle_message(0, addr(i), NodeId([i; 32]), &ControlMsg::Join);
+        }
+        let late = ns(Duration::from_millis(400));
+        for i in 1..=5u8 {
+            t.handle_message(late - 1, addr(i), NodeId([i; 32]), &ControlMsg::Join);
+        }
+        t.handle_timeout(late);
+        assert!(!t.partitioned());
+        assert_eq!(t.unreachable_count(), 1);
+        t.handle_message(late, addr(5), NodeId([5; 32]), &ControlMsg::Leave);
+        assert_eq!(t.known_count(), 6);
+        // Forgotten after forget_after.
+        t.handle_timeout(late + ns(Duration::from_secs(11)));
+        assert_eq!(t.unreachable_count(), 0);
     }
 }

@@ -107,7 +107,7 @@ fn drop_reasons_and_kinds_match_the_registry_enums() {
     assert_eq!(reasons, enum_members("mesh.drop.reason"));
     let kinds: BTreeSet<String> = KIND_NAMES[1..7].iter().map(|k| (*k).to_owned()).collect();
     assert_eq!(kinds, enum_members("mesh.message.kind"));
-    let states: BTreeSet<String> = ["live", "pending"].iter().map(|s| (*s).to_owned()).collect();
+    let states: BTreeSet<String> = ["live", "pending", "unreachable"].iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(states, enum_members("mesh.peer.state"));
     let xdp: BTreeSet<String> = dataplane::xdp::Reason::ALL.iter().map(|r| r.as_str().to_owned()).collect();
     assert_eq!(xdp, enum_members("mesh.xdp.reason"));

@@ -1,0 +1,113 @@
+//! Shared helpers of the namespace tests: uniquely named network namespaces
+//! removed on drop, daemons stopped on drop, `meshctl` inside a namespace.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Makes namespace names unique within the process.
+static N: AtomicU32 = AtomicU32::new(0);
+
+pub fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(out.status.success(), "`{}`: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A namespace removed on drop.
+pub struct Ns(pub String);
+
+impl Ns {
+    pub fn new(tag: &str) -> Ns {
+        let name = format!("mx{tag}{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Ns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+    pub fn ip(&self, args: &[&str]) {
+        let mut v = vec!["ip", "-n", &self.0];
+        v.extend_from_slice(args);
+        sh(&v);
+    }
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+    /// A command run inside the namespace (nsenter keeps /sys and bpffs).
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path())).arg(program);
+        c
+    }
+    /// Runs `f` on a thread that joined the namespace.
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = File::open(&path).expect("open netns");
+            // SAFETY: setns on a namespace fd we own; affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+pub struct Daemon(pub Child);
+
+impl Daemon {
+    /// Kills the process at once (a crash: no goodbye to peers).
+    pub fn crash(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn ctl(ns: &Ns, args: &[&str]) -> serde_json::Value {
+    let out = ns
+        .cmd(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["--api", "127.0.0.1:7480"])
+        .args(args)
+        .output()
+        .expect("meshctl");
+    assert!(out.status.success(), "meshctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+pub fn try_status(ns: &Ns) -> Option<serde_json::Value> {
+    let out = ns
+        .cmd(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["--api", "127.0.0.1:7480", "status"])
+        .output()
+        .ok()?;
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+

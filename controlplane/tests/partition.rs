@@ -1,0 +1,215 @@
+//! Six `meshd` processes in their own network namespaces on one bridge.
+//! The bridge ports of three of them go down: both sides say they are cut
+//! off, keep serving their agents, and publish; the ports come back up and,
+//! with nobody re-joining by hand, every message reaches every node. Then a
+//! node is killed (detected and removed by the others) and restarted with the
+//! same key (it rejoins and receives again).
+//!
+//! Needs root; otherwise it says why and passes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Ns, ctl, sh, try_status};
+
+const NODES: usize = 6;
+
+fn write_config(dir: &Path, i: usize) -> PathBuf {
+    // Seeds on both sides of the future cut.
+    let seeds: Vec<String> = [1, 4]
+        .iter()
+        .filter(|&&s| s != i + 1)
+        .map(|s| format!("\"10.90.0.{s}:7400\""))
+        .collect();
+    let text = format!(
+        r#"[node]
+key_file = "{key}"
+listen = "10.90.0.{ip}:7400"
+api_listen = "127.0.0.1:7480"
+bootstrap = [{seeds}]
+
+[gossip]
+heartbeat_interval_ms = 100
+peer_timeout_ms = 700
+peer_exchange_interval_ms = 100
+anti_entropy_interval_ms = 100
+"#,
+        key = dir.join(format!("n{i}.key")).display(),
+        ip = i + 1,
+        seeds = seeds.join(", "),
+    );
+    let path = dir.join(format!("n{i}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn start(ns: &Ns, cfg: &Path, log: &Path) -> Daemon {
+    let log = File::options().create(true).append(true).open(log).unwrap();
+    Daemon(
+        ns.cmd(env!("CARGO_BIN_EXE_meshd"))
+            .arg("--config")
+            .arg(cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start meshd"),
+    )
+}
+
+fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool, logs: &dyn Fn() -> String) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `meshctl subscribe t --count N` in the node's namespace.
+fn collect(ns: &Ns, count: usize) -> std::process::Child {
+    ns.cmd(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["--api", "127.0.0.1:7480", "subscribe", "t", "--count", &count.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("subscribe")
+}
+
+fn finish(sub: std::process::Child, limit: Duration) -> HashSet<String> {
+    let pid = sub.id();
+    let guard = std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        // SAFETY: kill(2) on a child of ours that may already be gone.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    });
+    let out = sub.wait_with_output().expect("subscriber");
+    drop(guard);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipping: needs root for network namespaces");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sw = Ns::new("ps");
+    // Two bridges (one per side of the future cut) joined by a trunk veth;
+    // the partition is the trunk going down.
+    for br in ["br0", "br1"] {
+        sw.ip(&["link", "add", br, "type", "bridge"]);
+        sw.ip(&["link", "set", br, "up"]);
+    }
+    sw.ip(&["link", "add", "ta", "type", "veth", "peer", "name", "tb"]);
+    sw.ip(&["link", "set", "ta", "master", "br0"]);
+    sw.ip(&["link", "set", "tb", "master", "br1"]);
+    sw.ip(&["link", "set", "ta", "up"]);
+    sw.ip(&["link", "set", "tb", "up"]);
+    let nss: Vec<Ns> = (0..NODES).map(|i| Ns::new(&format!("p{i}"))).collect();
+    for (i, ns) in nss.iter().enumerate() {
+        let port = format!("q{i}");
+        sh(&["ip", "link", "add", "n0", "netns", &ns.0, "type", "veth", "peer", "name", &port, "netns", &sw.0]);
+        ns.ip(&["addr", "add", &format!("10.90.0.{}/24", i + 1), "dev", "n0"]);
+        ns.ip(&["link", "set", "n0", "up"]);
+        sw.ip(&["link", "set", &port, "master", if i < 3 { "br0" } else { "br1" }]);
+        sw.ip(&["link", "set", &port, "up"]);
+    }
+    let cfgs: Vec<PathBuf> = (0..NODES).map(|i| write_config(dir.path(), i)).collect();
+    let log = |i: usize| dir.path().join(format!("n{i}.log"));
+    let mut daemons: Vec<Option<Daemon>> = (0..NODES).map(|i| Some(start(&nss[i], &cfgs[i], &log(i)))).collect();
+    let logs = || {
+        (0..NODES)
+            .map(|i| format!("--- n{i}\n{}", std::fs::read_to_string(log(i)).unwrap_or_default()))
+            .collect::<String>()
+    };
+    let status = |i: usize| try_status(&nss[i]).unwrap_or(serde_json::Value::Null);
+
+    wait(
+        "a full mesh of 6",
+        Duration::from_secs(20),
+        || (0..NODES).all(|i| status(i)["peers_live"] == NODES as u64 - 1),
+        &logs,
+    );
+
+    // Cut {3,4,5} off from {0,1,2}.
+    let side_a = [0usize, 1, 2];
+    let side_b = [3usize, 4, 5];
+    sw.ip(&["link", "set", "ta", "down"]);
+    wait(
+        "every node to report the partition",
+        Duration::from_secs(10),
+        || (0..NODES).all(|i| status(i)["partitioned"] == true),
+        &logs,
+    );
+
+    // Both sides keep serving their agents: publish on each side.
+    let subs: Vec<std::process::Child> = nss.iter().map(|ns| collect(ns, 10)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ids = HashSet::new();
+    for k in 0..5 {
+        for (i, side) in [(0usize, "a"), (3usize, "b")] {
+            let r = ctl(&nss[i], &["publish", "t", &format!("{k} during split on side {side}")]);
+            ids.insert(r["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for i in side_a.iter().chain(&side_b) {
+        let st = status(*i);
+        assert!(st["stored_messages"].as_u64().unwrap_or(0) >= 5, "n{i} lost its own side's messages: {st}");
+    }
+
+    // Heal: nobody re-joins by hand.
+    sw.ip(&["link", "set", "ta", "up"]);
+    for (i, sub) in subs.into_iter().enumerate() {
+        let got = finish(sub, Duration::from_secs(30));
+        let missing: Vec<&String> = ids.iter().filter(|id| !got.contains(*id)).collect();
+        assert!(missing.is_empty(), "n{i} missing {} messages after heal\n{}", missing.len(), logs());
+    }
+    wait(
+        "the partition to clear everywhere",
+        Duration::from_secs(15),
+        || (0..NODES).all(|i| status(i)["partitioned"] == false && status(i)["peers_live"] == NODES as u64 - 1),
+        &logs,
+    );
+
+    // Crash n5: the others detect it and drop it from their live peers.
+    let crashed = daemons[5].take().expect("n5 running");
+    crashed.crash();
+    wait(
+        "the crash to be detected",
+        Duration::from_secs(10),
+        || (0..5).all(|i| status(i)["peers_live"] == 4),
+        &logs,
+    );
+    for i in 0..5 {
+        let peers = ctl(&nss[i], &["peers"]);
+        let addrs: Vec<&str> = peers.as_array().map(|a| a.iter().filter_map(|p| p["addr"].as_str()).collect()).unwrap_or_default();
+        assert!(!addrs.contains(&"10.90.0.6:7400"), "n{i} still lists the crashed node: {peers}");
+    }
+
+    // Restart with the same key: it rejoins and receives new messages.
+    daemons[5] = Some(start(&nss[5], &cfgs[5], &log(5)));
+    wait(
+        "the restarted node to rejoin",
+        Duration::from_secs(15),
+        || status(5)["peers_live"] == 5 && (0..5).all(|i| status(i)["peers_live"] == 5),
+        &logs,
+    );
+    let sub = collect(&nss[5], 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = ctl(&nss[1], &["publish", "t", "after restart"]);
+    let got = finish(sub, Duration::from_secs(10));
+    assert!(got.contains(r["id"].as_str().unwrap_or_default()), "restarted node did not receive\n{}", logs());
+    drop(daemons);
+}

@@ -80,7 +80,12 @@ async fn publish(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Respo
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad data_b64: {e}")),
             }
         }
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of `text` or `data_b64`"),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of `text` or `data_b64`",
+            );
+        }
     };
     match s.publish(req.topic, data).await {
         Ok(r) => Json(r).into_response(),
@@ -93,26 +98,27 @@ async fn subscribe(State(s): State<Arc<Shared>>, Query(q): Query<SubscribeQuery>
     let rx = s.deliveries.subscribe();
     s.metrics.subscribers.inc();
     let guard = SubscriberGuard(s.clone());
-    let stream = futures_util::stream::unfold((rx, guard, q.topic), |(mut rx, guard, topic)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(d) => {
-                    if topic.as_deref().is_some_and(|t| t != d.topic) {
-                        continue;
+    let stream =
+        futures_util::stream::unfold((rx, guard, q.topic), |(mut rx, guard, topic)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(d) => {
+                        if topic.as_deref().is_some_and(|t| t != d.topic) {
+                            continue;
+                        }
+                        let mut line = serde_json::to_vec(&*d).unwrap_or_default();
+                        line.push(b'\n');
+                        return Some((Ok::<_, std::io::Error>(line), (rx, guard, topic)));
                     }
-                    let mut line = serde_json::to_vec(&*d).unwrap_or_default();
-                    line.push(b'\n');
-                    return Some((Ok::<_, std::io::Error>(line), (rx, guard, topic)));
+                    Err(RecvError::Lagged(n)) => {
+                        guard.0.metrics.lagged.inc_by(n);
+                        let line = format!("{{\"lagged\":{n}}}\n").into_bytes();
+                        return Some((Ok(line), (rx, guard, topic)));
+                    }
+                    Err(RecvError::Closed) => return None,
                 }
-                Err(RecvError::Lagged(n)) => {
-                    guard.0.metrics.lagged.inc_by(n);
-                    let line = format!("{{\"lagged\":{n}}}\n").into_bytes();
-                    return Some((Ok(line), (rx, guard, topic)));
-                }
-                Err(RecvError::Closed) => return None,
             }
-        }
-    });
+        });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(stream))
@@ -142,11 +148,21 @@ async fn deny_or_allow(s: Arc<Shared>, body: axum::body::Bytes, deny: bool) -> R
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
     };
     let Some(x) = s.xdp.as_ref() else {
-        return error(StatusCode::CONFLICT, "the XDP backend is not active on this node");
+        return error(
+            StatusCode::CONFLICT,
+            "the XDP backend is not active on this node",
+        );
     };
-    let result = if deny { x.deny(req.ip).map(|_| true) } else { x.allow(req.ip) };
+    let result = if deny {
+        x.deny(req.ip).map(|_| true)
+    } else {
+        x.allow(req.ip)
+    };
     match result {
-        Ok(changed) => Json(serde_json::json!({ "ip": req.ip, "denied": deny, "changed": changed })).into_response(),
+        Ok(changed) => {
+            Json(serde_json::json!({ "ip": req.ip, "denied": deny, "changed": changed }))
+                .into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -251,11 +251,7 @@ impl Config {
             "gossip.fanout",
             format!("must be 1..=32, got {}", g.fanout),
         )?;
-        check(
-            g.hop_limit >= 1,
-            "gossip.hop_limit",
-            "must be at least 1",
-        )?;
+        check(g.hop_limit >= 1, "gossip.hop_limit", "must be at least 1")?;
         check(
             g.replay_window_ms >= 1_000,
             "gossip.replay_window_ms",
@@ -401,10 +397,16 @@ mod tests {
     fn out_of_range_values_name_their_key() {
         for (text, field) in [
             ("[gossip]\nfanout = 0\n", "gossip.fanout"),
-            ("[gossip]\nretention_ms = 999999999\n", "gossip.retention_ms"),
+            (
+                "[gossip]\nretention_ms = 999999999\n",
+                "gossip.retention_ms",
+            ),
             ("[dataplane]\nbatch_size = 0\n", "dataplane.batch_size"),
             ("[dataplane]\nrx_core = 4096\n", "dataplane.rx_core"),
-            ("[gossip]\npeer_timeout_ms = 100\n", "gossip.peer_timeout_ms"),
+            (
+                "[gossip]\npeer_timeout_ms = 100\n",
+                "gossip.peer_timeout_ms",
+            ),
             ("[dataplane]\nbackend = \"xdp\"\n", "node.listen"),
             (
                 "[node]\nlisten = \"10.0.0.1:7400\"\n[dataplane]\nbackend = \"xdp\"\n[dataplane.xdp]\nburst = 0\n",

@@ -217,7 +217,13 @@ mod tests {
                     (x >> 16) as u8
                 })
                 .collect();
-            for kind in [Kind::Join, Kind::PeerList, Kind::IHave, Kind::IWant, Kind::Leave] {
+            for kind in [
+                Kind::Join,
+                Kind::PeerList,
+                Kind::IHave,
+                Kind::IWant,
+                Kind::Leave,
+            ] {
                 let _ = ControlMsg::decode(kind, &bytes);
             }
         }

@@ -46,7 +46,14 @@ pub fn label_name(attribute: &str) -> String {
 
 /// `mesh.message.kind` values by kind byte.
 pub const KIND_NAMES: [&str; 8] = [
-    "unknown", "data", "join", "peer_list", "ihave", "iwant", "leave", "unknown",
+    "unknown",
+    "data",
+    "join",
+    "peer_list",
+    "ihave",
+    "iwant",
+    "leave",
+    "unknown",
 ];
 
 /// `mesh.xdp.mode` values.
@@ -116,7 +123,12 @@ fn counter(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntCoun
     Ok(c)
 }
 
-fn counter_vec(reg: &Registry, name: &str, help: &str, label: &str) -> prometheus::Result<IntCounterVec> {
+fn counter_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(
         Opts::new(prometheus_name(name, Instrument::Counter, "1"), help),
         &[&label_name(label)],
@@ -125,7 +137,12 @@ fn counter_vec(reg: &Registry, name: &str, help: &str, label: &str) -> prometheu
     Ok(c)
 }
 
-fn gauge_vec(reg: &Registry, name: &str, help: &str, label: &str) -> prometheus::Result<IntGaugeVec> {
+fn gauge_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+) -> prometheus::Result<IntGaugeVec> {
     let g = IntGaugeVec::new(
         Opts::new(prometheus_name(name, Instrument::Gauge, "1"), help),
         &[&label_name(label)],
@@ -135,7 +152,10 @@ fn gauge_vec(reg: &Registry, name: &str, help: &str, label: &str) -> prometheus:
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
-    let g = IntGauge::with_opts(Opts::new(prometheus_name(name, Instrument::Gauge, "1"), help))?;
+    let g = IntGauge::with_opts(Opts::new(
+        prometheus_name(name, Instrument::Gauge, "1"),
+        help,
+    ))?;
     reg.register(Box::new(g.clone()))?;
     Ok(g)
 }
@@ -145,43 +165,123 @@ impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
         let peers = IntGaugeVec::new(
-            Opts::new(prometheus_name("mesh.peers", Instrument::Gauge, "{peer}"), "Peers by state."),
+            Opts::new(
+                prometheus_name("mesh.peers", Instrument::Gauge, "{peer}"),
+                "Peers by state.",
+            ),
             &[&label_name("mesh.peer.state")],
         )?;
         r.register(Box::new(peers.clone()))?;
         let latency = Histogram::with_opts(
             HistogramOpts::new(
-                prometheus_name("mesh.gossip.dissemination.latency", Instrument::Histogram, "s"),
+                prometheus_name(
+                    "mesh.gossip.dissemination.latency",
+                    Instrument::Histogram,
+                    "s",
+                ),
                 "Time from the origin's timestamp to local delivery.",
             )
             .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                0.5, 1.0, 2.5, 5.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
             ]),
         )?;
         r.register(Box::new(latency.clone()))?;
         let m = Metrics {
-            packets_received: counter(&r, "mesh.dataplane.packets.received", "Datagrams received by the fast path.")?,
-            packets_dropped: counter_vec(&r, "mesh.dataplane.packets.dropped", "Datagrams dropped by the fast path, by reason.", "mesh.drop.reason")?,
-            messages_accepted: counter_vec(&r, "mesh.dataplane.messages.accepted", "Messages that passed every fast-path stage, by kind.", "mesh.message.kind")?,
-            messages_forwarded: counter(&r, "mesh.dataplane.messages.forwarded", "Data messages forwarded to peers (one per destination).")?,
-            transmit_failed: counter(&r, "mesh.dataplane.transmit.failed", "Datagrams the kernel refused to send.")?,
-            dedup_evicted: counter(&r, "mesh.dataplane.dedup.evicted", "Seen-cache entries evicted before expiry.")?,
+            packets_received: counter(
+                &r,
+                "mesh.dataplane.packets.received",
+                "Datagrams received by the fast path.",
+            )?,
+            packets_dropped: counter_vec(
+                &r,
+                "mesh.dataplane.packets.dropped",
+                "Datagrams dropped by the fast path, by reason.",
+                "mesh.drop.reason",
+            )?,
+            messages_accepted: counter_vec(
+                &r,
+                "mesh.dataplane.messages.accepted",
+                "Messages that passed every fast-path stage, by kind.",
+                "mesh.message.kind",
+            )?,
+            messages_forwarded: counter(
+                &r,
+                "mesh.dataplane.messages.forwarded",
+                "Data messages forwarded to peers (one per destination).",
+            )?,
+            transmit_failed: counter(
+                &r,
+                "mesh.dataplane.transmit.failed",
+                "Datagrams the kernel refused to send.",
+            )?,
+            dedup_evicted: counter(
+                &r,
+                "mesh.dataplane.dedup.evicted",
+                "Seen-cache entries evicted before expiry.",
+            )?,
             batches: counter(&r, "mesh.dataplane.batches", "Receive batches processed.")?,
-            delivered: counter(&r, "mesh.gossip.messages.delivered", "Data messages from the mesh delivered to local agents.")?,
-            published: counter(&r, "mesh.gossip.messages.published", "Data messages published by local agents.")?,
+            delivered: counter(
+                &r,
+                "mesh.gossip.messages.delivered",
+                "Data messages from the mesh delivered to local agents.",
+            )?,
+            published: counter(
+                &r,
+                "mesh.gossip.messages.published",
+                "Data messages published by local agents.",
+            )?,
             latency,
-            repair_requested: counter(&r, "mesh.gossip.repair.requested", "Message ids asked for in anti-entropy.")?,
-            repair_served: counter(&r, "mesh.gossip.repair.served", "Messages sent in answer to anti-entropy requests.")?,
-            control_invalid: counter(&r, "mesh.gossip.control.invalid", "Signed control messages whose payload failed to decode.")?,
-            store_messages: gauge(&r, "mesh.gossip.store.messages", "Messages held for anti-entropy repair.")?,
+            repair_requested: counter(
+                &r,
+                "mesh.gossip.repair.requested",
+                "Message ids asked for in anti-entropy.",
+            )?,
+            repair_served: counter(
+                &r,
+                "mesh.gossip.repair.served",
+                "Messages sent in answer to anti-entropy requests.",
+            )?,
+            control_invalid: counter(
+                &r,
+                "mesh.gossip.control.invalid",
+                "Signed control messages whose payload failed to decode.",
+            )?,
+            store_messages: gauge(
+                &r,
+                "mesh.gossip.store.messages",
+                "Messages held for anti-entropy repair.",
+            )?,
             peers,
             subscribers: gauge(&r, "mesh.agent.subscribers", "Open agent subscriptions.")?,
-            partitioned: gauge(&r, "mesh.partition.detected", "1 while this node reaches fewer than n - f of the n members it knows.")?,
-            lagged: counter(&r, "mesh.agent.messages.lagged", "Messages a slow subscriber missed.")?,
-            xdp_packets: counter_vec(&r, "mesh.xdp.packets", "Packets seen by the XDP filter, by verdict and reason.", "mesh.xdp.reason")?,
-            xdp_attached: gauge_vec(&r, "mesh.xdp.attached", "1 for the XDP attach mode in use (0 on the UDP backend).", "mesh.xdp.mode")?,
-            xsk_sockets: gauge_vec(&r, "mesh.xsk.sockets", "AF_XDP sockets by bind mode.", "mesh.xsk.bind_mode")?,
+            partitioned: gauge(
+                &r,
+                "mesh.partition.detected",
+                "1 while this node reaches fewer than n - f of the n members it knows.",
+            )?,
+            lagged: counter(
+                &r,
+                "mesh.agent.messages.lagged",
+                "Messages a slow subscriber missed.",
+            )?,
+            xdp_packets: counter_vec(
+                &r,
+                "mesh.xdp.packets",
+                "Packets seen by the XDP filter, by verdict and reason.",
+                "mesh.xdp.reason",
+            )?,
+            xdp_attached: gauge_vec(
+                &r,
+                "mesh.xdp.attached",
+                "1 for the XDP attach mode in use (0 on the UDP backend).",
+                "mesh.xdp.mode",
+            )?,
+            xsk_sockets: gauge_vec(
+                &r,
+                "mesh.xsk.sockets",
+                "AF_XDP sockets by bind mode.",
+                "mesh.xsk.bind_mode",
+            )?,
             last: Mutex::new(Snapshot::default()),
             registry: r,
         };
@@ -209,7 +309,11 @@ impl Metrics {
 
     /// Folds the tiles' published counters (summed) and the XDP program's
     /// counters into the exported ones.
-    pub fn refresh(&self, tiles: &[std::sync::Arc<TileStats>], xdp: Option<&dataplane::xdp::XdpControl>) {
+    pub fn refresh(
+        &self,
+        tiles: &[std::sync::Arc<TileStats>],
+        xdp: Option<&dataplane::xdp::XdpControl>,
+    ) {
         let Ok(mut last) = self.last.lock() else {
             return;
         };
@@ -219,34 +323,50 @@ impl Metrics {
             *before = now;
             d
         };
-        self.packets_received
-            .inc_by(delta(sum(&|t| t.received.load(Ordering::Relaxed)), &mut last.received));
+        self.packets_received.inc_by(delta(
+            sum(&|t| t.received.load(Ordering::Relaxed)),
+            &mut last.received,
+        ));
         for reason in DropReason::ALL {
             let i = reason as usize;
-            let d = delta(sum(&|t| t.dropped[i].load(Ordering::Relaxed)), &mut last.dropped[i]);
+            let d = delta(
+                sum(&|t| t.dropped[i].load(Ordering::Relaxed)),
+                &mut last.dropped[i],
+            );
             self.packets_dropped
                 .with_label_values(&[reason.as_str()])
                 .inc_by(d);
         }
         for (i, name) in KIND_NAMES.iter().enumerate().take(7).skip(1) {
-            let d = delta(sum(&|t| t.accepted[i].load(Ordering::Relaxed)), &mut last.accepted[i]);
+            let d = delta(
+                sum(&|t| t.accepted[i].load(Ordering::Relaxed)),
+                &mut last.accepted[i],
+            );
             self.messages_accepted.with_label_values(&[name]).inc_by(d);
         }
-        self.messages_forwarded
-            .inc_by(delta(sum(&|t| t.forwarded.load(Ordering::Relaxed)), &mut last.forwarded));
-        self.transmit_failed
-            .inc_by(delta(sum(&|t| t.tx_failed.load(Ordering::Relaxed)), &mut last.tx_failed));
+        self.messages_forwarded.inc_by(delta(
+            sum(&|t| t.forwarded.load(Ordering::Relaxed)),
+            &mut last.forwarded,
+        ));
+        self.transmit_failed.inc_by(delta(
+            sum(&|t| t.tx_failed.load(Ordering::Relaxed)),
+            &mut last.tx_failed,
+        ));
         self.dedup_evicted.inc_by(delta(
             sum(&|t| t.dedup_live_evictions.load(Ordering::Relaxed)),
             &mut last.evicted,
         ));
-        self.batches
-            .inc_by(delta(sum(&|t| t.batches.load(Ordering::Relaxed)), &mut last.batches));
+        self.batches.inc_by(delta(
+            sum(&|t| t.batches.load(Ordering::Relaxed)),
+            &mut last.batches,
+        ));
         if let Some(Ok(counts)) = xdp.map(|x| x.counters()) {
             for reason in dataplane::xdp::Reason::ALL {
                 let i = reason as usize;
                 let d = delta(counts[i], &mut last.xdp[i]);
-                self.xdp_packets.with_label_values(&[reason.as_str()]).inc_by(d);
+                self.xdp_packets
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(d);
             }
         }
     }

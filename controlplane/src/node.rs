@@ -150,10 +150,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) async fn publish(&self, topic: String, body: Vec<u8>) -> Result<Receipt, PublishError> {
+    pub(crate) async fn publish(
+        &self,
+        topic: String,
+        body: Vec<u8>,
+    ) -> Result<Receipt, PublishError> {
         let (tx, rx) = oneshot::channel();
         self.api
-            .send(ApiCmd::Publish { topic, body, reply: tx })
+            .send(ApiCmd::Publish {
+                topic,
+                body,
+                reply: tx,
+            })
             .await
             .map_err(|_| PublishError::Unavailable("stopped"))?;
         rx.await.map_err(|_| PublishError::Unavailable("stopped"))?
@@ -264,8 +272,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let id = identity.node_id();
     tracing::info!(node = %id, created, key = %cfg.node.key_file.display(), "identity ready");
 
-    let socket = BatchSocket::bind(cfg.node.listen, cfg.dataplane.socket_rcvbuf, cfg.dataplane.socket_sndbuf)
-        .with_context(|| format!("cannot bind mesh UDP address {}", cfg.node.listen))?;
+    let socket = BatchSocket::bind(
+        cfg.node.listen,
+        cfg.dataplane.socket_rcvbuf,
+        cfg.dataplane.socket_sndbuf,
+    )
+    .with_context(|| format!("cannot bind mesh UDP address {}", cfg.node.listen))?;
     let udp_addr = socket.local_addr()?;
     let send_socket = socket.try_clone_std()?;
 
@@ -312,7 +324,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     // The kernel socket's tile always runs: it is the whole fast path on the
     // UDP backend, and with XDP it handles mesh packets the program passes
     // (queues without an AF_XDP socket).
-    tiles.push(tile::spawn_udp_tile(socket, tile_cfg, forward.clone(), make_sender())?);
+    tiles.push(tile::spawn_udp_tile(
+        socket,
+        tile_cfg,
+        forward.clone(),
+        make_sender(),
+    )?);
     tracing::info!(
         addr = %udp_addr,
         backend = if xdp.is_some() { "xdp" } else { "udp" },
@@ -331,7 +348,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         id,
         metrics,
         tile_stats: tiles.iter().map(|t| t.stats().clone()).collect(),
-        xdp: xdp.as_ref().and_then(|x: &crate::xdp_backend::Running| x.control().try_clone().ok()),
+        xdp: xdp
+            .as_ref()
+            .and_then(|x: &crate::xdp_backend::Running| x.control().try_clone().ok()),
         deliveries,
         api: api_tx,
     });
@@ -462,14 +481,18 @@ impl Control {
         if now >= self.next_anti_entropy {
             self.next_anti_entropy = now + self.cfg.gossip.anti_entropy_interval_ms * 1_000_000;
             self.store.expire(now);
-            self.shared.metrics.store_messages.set(self.store.len() as i64);
+            self.shared
+                .metrics
+                .store_messages
+                .set(self.store.len() as i64);
             if let Some(peer) = self.peers.random_live() {
                 let ids = self.store.newest_ids(self.cfg.gossip.anti_entropy_max_ids);
                 for chunk in ids.chunks(MAX_IDS_PER_DIGEST) {
                     self.send_control(peer, &ControlMsg::IHave(chunk.to_vec()));
                 }
             }
-            self.served.retain(|_, (start, _)| now.saturating_sub(*start) < 10_000_000_000);
+            self.served
+                .retain(|_, (start, _)| now.saturating_sub(*start) < 10_000_000_000);
         }
     }
 
@@ -494,9 +517,15 @@ impl Control {
         self.peers.handle_message(now, m.from, origin, &msg);
         match msg {
             ControlMsg::IHave(ids) => {
-                let missing: Vec<MessageId> = ids.into_iter().filter(|id| !self.store.contains(id)).collect();
+                let missing: Vec<MessageId> = ids
+                    .into_iter()
+                    .filter(|id| !self.store.contains(id))
+                    .collect();
                 if !missing.is_empty() {
-                    self.shared.metrics.repair_requested.inc_by(missing.len() as u64);
+                    self.shared
+                        .metrics
+                        .repair_requested
+                        .inc_by(missing.len() as u64);
                     self.send_control(m.from, &ControlMsg::IWant(missing));
                 }
             }
@@ -545,7 +574,10 @@ impl Control {
         if !self.store.insert(now, id, Arc::from(p.as_bytes())) {
             return false;
         }
-        self.shared.metrics.store_messages.set(self.store.len() as i64);
+        self.shared
+            .metrics
+            .store_messages
+            .set(self.store.len() as i64);
         let Some((topic, body)) = wire::split_data_payload(p.payload()) else {
             self.shared.metrics.control_invalid.inc();
             return false;
@@ -627,16 +659,23 @@ impl Control {
 
     fn status(&self) -> Status {
         use std::sync::atomic::Ordering::Relaxed;
-        let sum = |f: &dyn Fn(&tile::TileStats) -> u64| self.tiles.iter().map(|t| f(t.stats())).sum::<u64>();
+        let sum = |f: &dyn Fn(&tile::TileStats) -> u64| {
+            self.tiles.iter().map(|t| f(t.stats())).sum::<u64>()
+        };
         Status {
             backend: if self._xdp.is_some() { "xdp" } else { "udp" }.to_owned(),
             xdp_mode: self._xdp.as_ref().map(|x| x.mode.to_string()),
-            xdp: self.shared.xdp.as_ref().and_then(|x| x.counters().ok()).map(|c| {
-                dataplane::xdp::Reason::ALL
-                    .iter()
-                    .map(|r| (r.as_str().to_owned(), c[*r as usize]))
-                    .collect()
-            }),
+            xdp: self
+                .shared
+                .xdp
+                .as_ref()
+                .and_then(|x| x.counters().ok())
+                .map(|c| {
+                    dataplane::xdp::Reason::ALL
+                        .iter()
+                        .map(|r| (r.as_str().to_owned(), c[*r as usize]))
+                        .collect()
+                }),
             node_id: self.shared.id.to_hex(),
             listen: self.udp_addr,
             api: self.api_addr,
@@ -647,11 +686,21 @@ impl Control {
             stored_messages: self.store.len(),
             received: sum(&|s| s.received.load(Relaxed)),
             accepted: (1..7)
-                .map(|k| (KIND_NAMES[k].to_owned(), sum(&|s| s.accepted[k].load(Relaxed))))
+                .map(|k| {
+                    (
+                        KIND_NAMES[k].to_owned(),
+                        sum(&|s| s.accepted[k].load(Relaxed)),
+                    )
+                })
                 .collect(),
             dropped: DropReason::ALL
                 .iter()
-                .map(|r| (r.as_str().to_owned(), sum(&|s| s.dropped[*r as usize].load(Relaxed))))
+                .map(|r| {
+                    (
+                        r.as_str().to_owned(),
+                        sum(&|s| s.dropped[*r as usize].load(Relaxed)),
+                    )
+                })
                 .collect(),
             forwarded: sum(&|s| s.forwarded.load(Relaxed)),
             delivered: self.shared.metrics.delivered.get(),
@@ -665,7 +714,14 @@ impl Control {
         self.sequence += 1;
         if self
             .identity
-            .seal(msg.kind(), 1, self.sequence, tile::wall_us(), &self.payload, &mut self.buf)
+            .seal(
+                msg.kind(),
+                1,
+                self.sequence,
+                tile::wall_us(),
+                &self.payload,
+                &mut self.buf,
+            )
             .is_err()
         {
             return;
@@ -681,7 +737,11 @@ impl Control {
                 PeerEvent::Up(id, addr) => tracing::info!(peer = %id.short(), %addr, "peer up"),
                 PeerEvent::Down(id, addr) => tracing::info!(peer = %id.short(), %addr, "peer down"),
                 PeerEvent::PartitionDetected { reachable, known } => {
-                    tracing::warn!(reachable, known, "PARTITION: this node reaches fewer than n - f members; still serving local agents")
+                    tracing::warn!(
+                        reachable,
+                        known,
+                        "PARTITION: this node reaches fewer than n - f members; still serving local agents"
+                    )
                 }
                 PeerEvent::PartitionHealed { reachable, known } => {
                     tracing::info!(reachable, known, "partition healed")
@@ -692,7 +752,11 @@ impl Control {
             self.send_control(to, &msg);
         }
         let live = self.peers.live_count() as i64;
-        self.shared.metrics.peers.with_label_values(&["live"]).set(live);
+        self.shared
+            .metrics
+            .peers
+            .with_label_values(&["live"])
+            .set(live);
         self.shared
             .metrics
             .peers
@@ -703,7 +767,10 @@ impl Control {
             .peers
             .with_label_values(&["unreachable"])
             .set(self.peers.unreachable_count() as i64);
-        self.shared.metrics.partitioned.set(i64::from(self.peers.partitioned()));
+        self.shared
+            .metrics
+            .partitioned
+            .set(i64::from(self.peers.partitioned()));
     }
 
     fn sync_forward_set(&mut self) {

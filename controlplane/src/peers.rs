@@ -191,7 +191,13 @@ impl PeerTable {
     }
 
     /// Handles a validly signed datagram from `origin` at `from`.
-    pub fn handle_message(&mut self, now: Nanos, from: SocketAddr, origin: NodeId, msg: &ControlMsg) {
+    pub fn handle_message(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        origin: NodeId,
+        msg: &ControlMsg,
+    ) {
         if origin == self.me {
             return;
         }
@@ -213,7 +219,10 @@ impl PeerTable {
             }
             ControlMsg::PeerList(peers) => {
                 for (id, addr) in peers {
-                    if *id == self.me || self.live.contains_key(id) || self.pending.contains_key(addr) {
+                    if *id == self.me
+                        || self.live.contains_key(id)
+                        || self.pending.contains_key(addr)
+                    {
                         continue;
                     }
                     if self.pending.len() >= 2 * self.cfg.max_peers {
@@ -243,7 +252,12 @@ impl PeerTable {
             return false;
         }
         // Another id at the same address (a restart with a new key) replaces it.
-        let stale: Vec<NodeId> = self.live.values().filter(|p| p.addr == from).map(|p| p.id).collect();
+        let stale: Vec<NodeId> = self
+            .live
+            .values()
+            .filter(|p| p.addr == from)
+            .map(|p| p.id)
+            .collect();
         for id in stale {
             if let Some(p) = self.live.remove(&id) {
                 self.events.push_back(PeerEvent::Down(p.id, p.addr));
@@ -313,7 +327,12 @@ impl PeerTable {
         }
         if now >= self.next_exchange {
             self.next_exchange = now + ns(self.cfg.exchange_interval);
-            if let Some(target) = self.live.values().map(|p| (p.id, p.addr)).choose(&mut self.rng) {
+            if let Some(target) = self
+                .live
+                .values()
+                .map(|p| (p.id, p.addr))
+                .choose(&mut self.rng)
+            {
                 let list = self.sample_peers(Some(target.0));
                 self.out.push_back((target.1, ControlMsg::PeerList(list)));
             }
@@ -357,7 +376,9 @@ impl PeerTable {
     /// Earliest instant `handle_timeout` has work. Changes after
     /// `handle_timeout`.
     pub fn poll_timeout(&self) -> Nanos {
-        self.next_heartbeat.min(self.next_exchange).min(self.next_seed_refresh)
+        self.next_heartbeat
+            .min(self.next_exchange)
+            .min(self.next_seed_refresh)
     }
 }
 
@@ -387,7 +408,11 @@ mod tests {
 
     #[test]
     fn first_timeout_joins_the_seeds() {
-        let mut t = PeerTable::new(NodeId([0; 32]), cfg(vec![addr(1), addr(2)]), SmallRng::seed_from_u64(1));
+        let mut t = PeerTable::new(
+            NodeId([0; 32]),
+            cfg(vec![addr(1), addr(2)]),
+            SmallRng::seed_from_u64(1),
+        );
         t.handle_timeout(0);
         let out = drain(&mut t);
         assert!(out.contains(&(addr(1), ControlMsg::Join)));
@@ -399,7 +424,10 @@ mod tests {
         let mut t = PeerTable::new(NodeId([0; 32]), cfg(vec![]), SmallRng::seed_from_u64(1));
         t.handle_message(0, addr(3), NodeId([3; 32]), &ControlMsg::Join);
         assert_eq!(t.live_count(), 1);
-        assert_eq!(t.poll_event(), Some(PeerEvent::Up(NodeId([3; 32]), addr(3))));
+        assert_eq!(
+            t.poll_event(),
+            Some(PeerEvent::Up(NodeId([3; 32]), addr(3)))
+        );
         let out = drain(&mut t);
         assert!(matches!(&out[..], [(a, ControlMsg::PeerList(_))] if *a == addr(3)));
         // A heartbeat from a live peer gets no reply.
@@ -410,7 +438,8 @@ mod tests {
     #[test]
     fn learned_peers_stay_pending_until_they_answer() {
         let mut t = PeerTable::new(NodeId([0; 32]), cfg(vec![]), SmallRng::seed_from_u64(1));
-        let list = ControlMsg::PeerList(vec![(NodeId([5; 32]), addr(5)), (NodeId([0; 32]), addr(9))]);
+        let list =
+            ControlMsg::PeerList(vec![(NodeId([5; 32]), addr(5)), (NodeId([0; 32]), addr(9))]);
         t.handle_message(0, addr(3), NodeId([3; 32]), &list);
         assert_eq!(t.live_count(), 1, "only the sender is live");
         assert_eq!(t.pending_count(), 1, "self is never added");
@@ -425,12 +454,22 @@ mod tests {
         let mut t = PeerTable::new(NodeId([0; 32]), cfg(vec![]), SmallRng::seed_from_u64(1));
         t.handle_message(0, addr(3), NodeId([3; 32]), &ControlMsg::Join);
         t.handle_message(0, addr(4), NodeId([4; 32]), &ControlMsg::Join);
-        t.handle_message(ns(Duration::from_millis(250)), addr(4), NodeId([4; 32]), &ControlMsg::Join);
+        t.handle_message(
+            ns(Duration::from_millis(250)),
+            addr(4),
+            NodeId([4; 32]),
+            &ControlMsg::Join,
+        );
         let v = t.version();
         t.handle_timeout(ns(Duration::from_millis(350)));
         assert_eq!(t.live_count(), 1);
         assert!(t.version() > v);
-        t.handle_message(ns(Duration::from_millis(360)), addr(4), NodeId([4; 32]), &ControlMsg::Leave);
+        t.handle_message(
+            ns(Duration::from_millis(360)),
+            addr(4),
+            NodeId([4; 32]),
+            &ControlMsg::Leave,
+        );
         assert_eq!(t.live_count(), 0);
     }
 
@@ -483,9 +522,18 @@ mod partition_tests {
         }
         t.handle_timeout(late);
         assert!(t.partitioned());
-        assert_eq!((t.live_count(), t.unreachable_count(), t.known_count()), (2, 4, 7));
+        assert_eq!(
+            (t.live_count(), t.unreachable_count(), t.known_count()),
+            (2, 4, 7)
+        );
         let events: Vec<PeerEvent> = std::iter::from_fn(|| t.poll_event()).collect();
-        assert!(events.contains(&PeerEvent::PartitionDetected { reachable: 3, known: 7 }), "{events:?}");
+        assert!(
+            events.contains(&PeerEvent::PartitionDetected {
+                reachable: 3,
+                known: 7
+            }),
+            "{events:?}"
+        );
         // Unreachable peers are probed along with the seeds.
         t.handle_timeout(late + ns(Duration::from_secs(7)));
         let probes: Vec<SocketAddr> = std::iter::from_fn(|| t.poll_transmit())
@@ -502,7 +550,11 @@ mod partition_tests {
         }
         assert!(!t.partitioned());
         let events: Vec<PeerEvent> = std::iter::from_fn(|| t.poll_event()).collect();
-        assert!(events.iter().any(|e| matches!(e, PeerEvent::PartitionHealed { .. })));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, PeerEvent::PartitionHealed { .. }))
+        );
     }
 
     #[test]

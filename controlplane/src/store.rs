@@ -81,7 +81,12 @@ impl MessageStore {
 
     /// Up to `max` ids, newest first.
     pub fn newest_ids(&self, max: usize) -> Vec<MessageId> {
-        self.order.iter().rev().take(max).map(|(_, id)| *id).collect()
+        self.order
+            .iter()
+            .rev()
+            .take(max)
+            .map(|(_, id)| *id)
+            .collect()
     }
 }
 

@@ -40,8 +40,13 @@ pub fn start(
     metrics: &Metrics,
 ) -> anyhow::Result<(Running, Vec<TileHandle>)> {
     let x = &cfg.dataplane.xdp;
-    let prof = Profile::load_named(&x.profiles_dir, &x.profile)
-        .with_context(|| format!("hardware profile `{}` in {}", x.profile, x.profiles_dir.display()))?;
+    let prof = Profile::load_named(&x.profiles_dir, &x.profile).with_context(|| {
+        format!(
+            "hardware profile `{}` in {}",
+            x.profile,
+            x.profiles_dir.display()
+        )
+    })?;
     let missing = prof.missing_cores();
     if !missing.is_empty() {
         tracing::warn!(?missing, profile = %prof.name, "profile names cores this machine lacks; those threads run unpinned");
@@ -54,13 +59,18 @@ pub fn start(
     })
     .context("loading the XDP program")?;
     for ip in &x.deny {
-        xdp.control().deny(*ip).with_context(|| format!("denying {ip}"))?;
+        xdp.control()
+            .deny(*ip)
+            .with_context(|| format!("denying {ip}"))?;
     }
     let mode = xdp
         .attach(&x.interface, prof.xdp.mode)
         .with_context(|| format!("attaching XDP to {}", x.interface))?;
     tracing::info!(interface = %x.interface, %mode, profile = %prof.name, "XDP program attached");
-    metrics.xdp_attached.with_label_values(&[&mode.to_string()]).set(1);
+    metrics
+        .xdp_attached
+        .with_label_values(&[&mode.to_string()])
+        .set(1);
 
     let mut tiles = Vec::new();
     for (i, queue) in prof.xsk.queues.iter().enumerate() {
@@ -89,8 +99,9 @@ pub fn start(
             forward.clone(),
             make_sender(),
             move || {
-                let sock = XskSocket::open(&xcfg, &control)
-                    .map_err(|e| std::io::Error::other(format!("AF_XDP socket on queue {q}: {e}")))?;
+                let sock = XskSocket::open(&xcfg, &control).map_err(|e| {
+                    std::io::Error::other(format!("AF_XDP socket on queue {q}: {e}"))
+                })?;
                 profile::apply_busy_poll(sock.fd(), &busy)?;
                 let _ = bind_tx.send(sock.mode());
                 let fd = sock.fd().as_raw_fd();

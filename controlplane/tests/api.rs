@@ -20,7 +20,10 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Stri
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -38,16 +41,30 @@ async fn agents_publish_and_subscribe_over_http() {
         // Open a subscription first.
         let mut sub = TcpStream::connect(api).unwrap();
         sub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(sub, "GET /v1/subscribe?topic=news HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(
+            sub,
+            "GET /v1/subscribe?topic=news HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
         let mut reader = BufReader::new(sub);
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
         assert!(line.starts_with("HTTP/1.1 200"), "{line}");
         std::thread::sleep(Duration::from_millis(100));
 
-        let (code, body) = request(api, "POST", "/v1/publish", r#"{"topic":"other","text":"skip me"}"#);
+        let (code, body) = request(
+            api,
+            "POST",
+            "/v1/publish",
+            r#"{"topic":"other","text":"skip me"}"#,
+        );
         assert_eq!(code, 200, "{body}");
-        let (code, body) = request(api, "POST", "/v1/publish", r#"{"topic":"news","text":"hello agents"}"#);
+        let (code, body) = request(
+            api,
+            "POST",
+            "/v1/publish",
+            r#"{"topic":"news","text":"hello agents"}"#,
+        );
         assert_eq!(code, 200, "{body}");
         let receipt: serde_json::Value = serde_json::from_str(&body).unwrap();
 
@@ -78,10 +95,20 @@ async fn agents_publish_and_subscribe_over_http() {
         assert_eq!(code, 400);
         assert!(body.contains("topic"), "{body}");
         let big = "x".repeat(2000);
-        let (code, body) = request(api, "POST", "/v1/publish", &format!(r#"{{"topic":"t","text":"{big}"}}"#));
+        let (code, body) = request(
+            api,
+            "POST",
+            "/v1/publish",
+            &format!(r#"{{"topic":"t","text":"{big}"}}"#),
+        );
         assert_eq!(code, 400);
         assert!(body.contains("exceeds"), "{body}");
-        let (code, _) = request(api, "POST", "/v1/publish", r#"{"topic":"t","text":"a","data_b64":"YQ=="}"#);
+        let (code, _) = request(
+            api,
+            "POST",
+            "/v1/publish",
+            r#"{"topic":"t","text":"a","data_b64":"YQ=="}"#,
+        );
         assert_eq!(code, 400);
 
         // Deny needs the XDP backend; on UDP it is a clear conflict.
@@ -97,7 +124,10 @@ async fn agents_publish_and_subscribe_over_http() {
         assert_eq!((code, body.trim()), (200, "[]"));
         let (code, body) = request(api, "GET", "/metrics", "");
         assert_eq!(code, 200);
-        assert!(body.contains("mesh_gossip_messages_published_total 2"), "{body}");
+        assert!(
+            body.contains("mesh_gossip_messages_published_total 2"),
+            "{body}"
+        );
         assert!(body.contains("mesh_agent_subscribers 1"), "{body}");
     })
     .await;

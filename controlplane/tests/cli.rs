@@ -28,13 +28,21 @@ fn meshd_rejects_a_bad_config_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[gossip]\nfanoutt = 3\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_meshd")).arg("--config").arg(&cfg).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("fanoutt"), "{err}");
 
     std::fs::write(&cfg, "[gossip]\nfanout = 0\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_meshd")).arg("--config").arg(&cfg).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("gossip.fanout"));
 
@@ -42,8 +50,19 @@ fn meshd_rejects_a_bad_config_naming_the_key() {
     let key = dir.path().join("node.key");
     std::fs::write(&key, "garbage\n").unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    std::fs::write(&cfg, format!("[node]\nkey_file = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n", key.display())).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_meshd")).arg("--config").arg(&cfg).output().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nkey_file = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"));
     assert_eq!(std::fs::read_to_string(&key).unwrap(), "garbage\n");
@@ -79,7 +98,10 @@ fn meshctl_drives_a_running_meshd() {
             assert_eq!(v["listen"], "127.0.3.1:37400");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "meshd did not come up");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "meshd did not come up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let sub = Command::new(env!("CARGO_BIN_EXE_meshctl"))
@@ -89,7 +111,11 @@ fn meshctl_drives_a_running_meshd() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let out = meshctl(api, &["publish", "jobs", "build the index"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let receipt: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let got = sub.wait_with_output().unwrap();
     let line: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();

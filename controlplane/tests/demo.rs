@@ -16,7 +16,10 @@ fn demo_mesh_delivers_everything_and_rejects_the_misbehaving_node() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "mesh-demo failed\n{stdout}\n{stderr}");
     assert!(stdout.contains("delivery: 100%"), "{stdout}");
-    assert!(stdout.contains("forged/tampered/replayed messages delivered: 0"), "{stdout}");
+    assert!(
+        stdout.contains("forged/tampered/replayed messages delivered: 0"),
+        "{stdout}"
+    );
     // Eight node rows, each 30/30.
     assert_eq!(stdout.matches("30/30").count(), 8, "{stdout}");
 }

@@ -33,7 +33,10 @@ fn config(dir: &std::path::Path, i: usize, bootstrap: Vec<SocketAddr>) -> Config
 async fn wait_for<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
     let t0 = Instant::now();
     while !f().await {
-        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         sleep(Duration::from_millis(25)).await;
     }
 }
@@ -67,7 +70,11 @@ async fn eight_nodes_deliver_everything_reject_forgeries_and_survive_departures(
     nodes.push(node::start(config(dir.path(), 0, vec![])).await.unwrap());
     let seed = nodes[0].udp_addr();
     for i in 1..8 {
-        nodes.push(node::start(config(dir.path(), i, vec![seed])).await.unwrap());
+        nodes.push(
+            node::start(config(dir.path(), i, vec![seed]))
+                .await
+                .unwrap(),
+        );
     }
     wait_for("a full mesh of 8", Duration::from_secs(15), async || {
         for n in &nodes {
@@ -79,19 +86,30 @@ async fn eight_nodes_deliver_everything_reject_forgeries_and_survive_departures(
     })
     .await;
 
-    let mut sinks: Vec<Sink> = nodes.iter().map(|n| Sink { rx: n.subscribe(), got: Vec::new() }).collect();
+    let mut sinks: Vec<Sink> = nodes
+        .iter()
+        .map(|n| Sink {
+            rx: n.subscribe(),
+            got: Vec::new(),
+        })
+        .collect();
 
     // 3 publishers x 10 messages: everyone gets all 30.
     let mut expected = HashSet::new();
     for k in 0..10 {
         for p in [0, 3, 5] {
-            let r = nodes[p].publish("t", format!("m{k} from {p}").as_bytes()).await.unwrap();
+            let r = nodes[p]
+                .publish("t", format!("m{k} from {p}").as_bytes())
+                .await
+                .unwrap();
             expected.insert(r.id);
         }
     }
-    wait_for("all 30 messages at all 8 nodes", Duration::from_secs(15), async || {
-        sinks.iter_mut().all(|s| expected.is_subset(&s.ids()))
-    })
+    wait_for(
+        "all 30 messages at all 8 nodes",
+        Duration::from_secs(15),
+        async || sinks.iter_mut().all(|s| expected.is_subset(&s.ids())),
+    )
     .await;
 
     // Hostile traffic from a node outside the mesh.
@@ -112,37 +130,59 @@ async fn eight_nodes_deliver_everything_reject_forgeries_and_survive_departures(
         let to = n.udp_addr();
         // Forged origin.
         wire::data_payload("t", b"FORGED", &mut payload).unwrap();
-        attacker.seal(Kind::Data, 1, 1, wall_us(), &payload, &mut buf).unwrap();
+        attacker
+            .seal(Kind::Data, 1, 1, wall_us(), &payload, &mut buf)
+            .unwrap();
         buf[16..48].copy_from_slice(&victim);
         sock.send_to(&buf, to).unwrap();
         // Tampered body.
         wire::data_payload("t", b"TAMPERED", &mut payload).unwrap();
-        attacker.seal(Kind::Data, 1, 2, wall_us(), &payload, &mut buf).unwrap();
+        attacker
+            .seal(Kind::Data, 1, 2, wall_us(), &payload, &mut buf)
+            .unwrap();
         let i = buf.len() - wire::SIGNATURE_LEN - 1;
         buf[i] ^= 0x20;
         sock.send_to(&buf, to).unwrap();
         // Tampered hop-limit-free header field (sequence) with a valid signature.
         wire::data_payload("t", b"TAMPERED-SEQ", &mut payload).unwrap();
-        attacker.seal(Kind::Data, 1, 3, wall_us(), &payload, &mut buf).unwrap();
+        attacker
+            .seal(Kind::Data, 1, 3, wall_us(), &payload, &mut buf)
+            .unwrap();
         buf[48] ^= 1;
         sock.send_to(&buf, to).unwrap();
         // Replayed: valid signature, ten minutes old.
         wire::data_payload("t", b"REPLAYED", &mut payload).unwrap();
-        attacker.seal(Kind::Data, 1, 4, wall_us() - 600_000_000, &payload, &mut buf).unwrap();
+        attacker
+            .seal(
+                Kind::Data,
+                1,
+                4,
+                wall_us() - 600_000_000,
+                &payload,
+                &mut buf,
+            )
+            .unwrap();
         sock.send_to(&buf, to).unwrap();
     }
     // A valid message sent five times to every node: delivered once each.
     wire::data_payload("t", b"VALID-DUP", &mut payload).unwrap();
-    attacker.seal(Kind::Data, 1, 5, wall_us(), &payload, &mut valid_twice).unwrap();
+    attacker
+        .seal(Kind::Data, 1, 5, wall_us(), &payload, &mut valid_twice)
+        .unwrap();
     for _ in 0..5 {
         for n in &nodes {
             sock.send_to(&valid_twice, n.udp_addr()).unwrap();
         }
     }
-    let dup_id = wire::Packet::parse(&valid_twice).unwrap().message_id().to_hex();
-    wait_for("the valid message at every node", Duration::from_secs(10), async || {
-        sinks.iter_mut().all(|s| s.ids().contains(&dup_id))
-    })
+    let dup_id = wire::Packet::parse(&valid_twice)
+        .unwrap()
+        .message_id()
+        .to_hex();
+    wait_for(
+        "the valid message at every node",
+        Duration::from_secs(10),
+        async || sinks.iter_mut().all(|s| s.ids().contains(&dup_id)),
+    )
     .await;
     sleep(Duration::from_millis(300)).await;
     for (i, (s, n)) in sinks.iter_mut().zip(&nodes).enumerate() {
@@ -154,15 +194,32 @@ async fn eight_nodes_deliver_everything_reject_forgeries_and_survive_departures(
                 "node {i} delivered a bad message: {text}"
             );
         }
-        assert_eq!(got.iter().filter(|d| d.id == dup_id).count(), 1, "node {i}: delivered once");
-        assert!(dropped(n, "bad_signature").await >= before_sig[i] + 3, "node {i}: 3 bad signatures counted");
-        assert!(dropped(n, "stale").await >= 1, "node {i}: replay counted as stale");
-        assert!(dropped(n, "duplicate").await >= 4, "node {i}: duplicates counted");
+        assert_eq!(
+            got.iter().filter(|d| d.id == dup_id).count(),
+            1,
+            "node {i}: delivered once"
+        );
+        assert!(
+            dropped(n, "bad_signature").await >= before_sig[i] + 3,
+            "node {i}: 3 bad signatures counted"
+        );
+        assert!(
+            dropped(n, "stale").await >= 1,
+            "node {i}: replay counted as stale"
+        );
+        assert!(
+            dropped(n, "duplicate").await >= 4,
+            "node {i}: duplicates counted"
+        );
         // Every received datagram is accounted for.
         let st = n.status().await.unwrap();
         let acc: u64 = st.accepted.values().sum();
         let drp: u64 = st.dropped.values().sum();
-        assert_eq!(st.received, acc + drp, "node {i}: received = accepted + dropped");
+        assert_eq!(
+            st.received,
+            acc + drp,
+            "node {i}: received = accepted + dropped"
+        );
     }
 
     // Node 7 crashes (no goodbye), node 6 leaves cleanly.
@@ -176,29 +233,41 @@ async fn eight_nodes_deliver_everything_reject_forgeries_and_survive_departures(
     let mut expected2 = HashSet::new();
     for k in 0..10 {
         for p in [0, 3] {
-            let r = nodes[p].publish("t", format!("after {k} from {p}").as_bytes()).await.unwrap();
+            let r = nodes[p]
+                .publish("t", format!("after {k} from {p}").as_bytes())
+                .await
+                .unwrap();
             expected2.insert(r.id);
         }
     }
-    wait_for("messages after departures at the 6 remaining nodes", Duration::from_secs(15), async || {
-        sinks.iter_mut().all(|s| expected2.is_subset(&s.ids()))
-    })
+    wait_for(
+        "messages after departures at the 6 remaining nodes",
+        Duration::from_secs(15),
+        async || sinks.iter_mut().all(|s| expected2.is_subset(&s.ids())),
+    )
     .await;
     // The crashed node is detected and removed from every peer table.
-    wait_for("the crashed node to be dropped", Duration::from_secs(10), async || {
-        for n in &nodes {
-            match n.peers().await {
-                Some(p) if p.iter().all(|p| p.addr != crashed_addr) && p.len() == 5 => {}
-                _ => return false,
+    wait_for(
+        "the crashed node to be dropped",
+        Duration::from_secs(10),
+        async || {
+            for n in &nodes {
+                match n.peers().await {
+                    Some(p) if p.iter().all(|p| p.addr != crashed_addr) && p.len() == 5 => {}
+                    _ => return false,
+                }
             }
-        }
-        true
-    })
+            true
+        },
+    )
     .await;
 
     // The metrics endpoint is served over HTTP by every node.
     let body = reqwest_like_get(nodes[0].api_addr(), "/metrics");
-    assert!(body.contains("mesh_dataplane_packets_dropped_total{mesh_drop_reason=\"bad_signature\"}"), "{body}");
+    assert!(
+        body.contains("mesh_dataplane_packets_dropped_total{mesh_drop_reason=\"bad_signature\"}"),
+        "{body}"
+    );
     assert!(body.contains("mesh_gossip_dissemination_latency_seconds_bucket"));
 
     for n in nodes {
@@ -211,7 +280,11 @@ fn reqwest_like_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out

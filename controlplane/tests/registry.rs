@@ -38,10 +38,19 @@ fn registry_metrics() -> BTreeMap<String, (MetricType, BTreeSet<String>)> {
     let mut out = BTreeMap::new();
     for g in load("metrics.yaml").groups {
         assert_eq!(g.kind, "metric", "{}", g.id);
-        let name = g.metric_name.unwrap_or_else(|| panic!("{} has no metric_name", g.id));
-        assert_eq!(g.id, format!("metric.{name}"), "group id follows metric name");
+        let name = g
+            .metric_name
+            .unwrap_or_else(|| panic!("{} has no metric_name", g.id));
+        assert_eq!(
+            g.id,
+            format!("metric.{name}"),
+            "group id follows metric name"
+        );
         assert!(g.stability.is_some(), "{name} has no stability");
-        assert!(g.brief.is_some_and(|b| !b.is_empty()), "{name} has no brief");
+        assert!(
+            g.brief.is_some_and(|b| !b.is_empty()),
+            "{name} has no brief"
+        );
         let unit = g.unit.unwrap_or_else(|| panic!("{name} has no unit"));
         let (inst, ty) = match g.instrument.as_deref() {
             Some("counter") => (Instrument::Counter, MetricType::COUNTER),
@@ -52,7 +61,13 @@ fn registry_metrics() -> BTreeMap<String, (MetricType, BTreeSet<String>)> {
         let labels = g
             .attributes
             .iter()
-            .map(|a| label_name(a["ref"].as_str().unwrap_or_else(|| panic!("{name}: attribute without ref"))))
+            .map(|a| {
+                label_name(
+                    a["ref"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{name}: attribute without ref")),
+                )
+            })
             .collect();
         out.insert(prometheus_name(&name, inst, &unit), (ty, labels));
     }
@@ -92,10 +107,19 @@ fn exported_metrics_equal_the_registry_in_both_directions() {
         })
         .collect();
     let defined = registry_metrics();
-    let extra: Vec<_> = exported.keys().filter(|k| !defined.contains_key(*k)).collect();
-    let missing: Vec<_> = defined.keys().filter(|k| !exported.contains_key(*k)).collect();
+    let extra: Vec<_> = exported
+        .keys()
+        .filter(|k| !defined.contains_key(*k))
+        .collect();
+    let missing: Vec<_> = defined
+        .keys()
+        .filter(|k| !exported.contains_key(*k))
+        .collect();
     assert!(extra.is_empty(), "exported but not in registry/: {extra:?}");
-    assert!(missing.is_empty(), "in registry/ but never exported: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "in registry/ but never exported: {missing:?}"
+    );
     for (name, def) in &defined {
         assert_eq!(&exported[name], def, "{name}: instrument or labels differ");
     }
@@ -103,16 +127,31 @@ fn exported_metrics_equal_the_registry_in_both_directions() {
 
 #[test]
 fn drop_reasons_and_kinds_match_the_registry_enums() {
-    let reasons: BTreeSet<String> = DropReason::ALL.iter().map(|r| r.as_str().to_owned()).collect();
+    let reasons: BTreeSet<String> = DropReason::ALL
+        .iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
     assert_eq!(reasons, enum_members("mesh.drop.reason"));
     let kinds: BTreeSet<String> = KIND_NAMES[1..7].iter().map(|k| (*k).to_owned()).collect();
     assert_eq!(kinds, enum_members("mesh.message.kind"));
-    let states: BTreeSet<String> = ["live", "pending", "unreachable"].iter().map(|s| (*s).to_owned()).collect();
+    let states: BTreeSet<String> = ["live", "pending", "unreachable"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     assert_eq!(states, enum_members("mesh.peer.state"));
-    let xdp: BTreeSet<String> = dataplane::xdp::Reason::ALL.iter().map(|r| r.as_str().to_owned()).collect();
+    let xdp: BTreeSet<String> = dataplane::xdp::Reason::ALL
+        .iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
     assert_eq!(xdp, enum_members("mesh.xdp.reason"));
-    let modes: BTreeSet<String> = controlplane::metrics::XDP_MODES.iter().map(|s| (*s).to_owned()).collect();
+    let modes: BTreeSet<String> = controlplane::metrics::XDP_MODES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     assert_eq!(modes, enum_members("mesh.xdp.mode"));
-    let binds: BTreeSet<String> = controlplane::metrics::XSK_BIND_MODES.iter().map(|s| (*s).to_owned()).collect();
+    let binds: BTreeSet<String> = controlplane::metrics::XSK_BIND_MODES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     assert_eq!(binds, enum_members("mesh.xsk.bind_mode"));
 }

@@ -64,7 +64,9 @@ fn counter(v: &serde_json::Value, section: &str, key: &str) -> u64 {
 fn three_meshd_nodes_on_xdp_in_namespaces() {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipping three_meshd_nodes_on_xdp_in_namespaces: needs root for namespaces and XDP");
+        eprintln!(
+            "skipping three_meshd_nodes_on_xdp_in_namespaces: needs root for namespaces and XDP"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +77,10 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
     let nss: Vec<Ns> = names.iter().map(|n| Ns::new(n)).collect();
     for (i, ns) in nss.iter().enumerate() {
         let port = format!("p{i}");
-        sh(&["ip", "link", "add", "n0", "netns", &ns.0, "type", "veth", "peer", "name", &port, "netns", &sw.0]);
+        sh(&[
+            "ip", "link", "add", "n0", "netns", &ns.0, "type", "veth", "peer", "name", &port,
+            "netns", &sw.0,
+        ]);
         ns.ip(&["addr", "add", &format!("10.89.0.{}/24", i + 1), "dev", "n0"]);
         ns.ip(&["link", "set", "n0", "up"]);
         sw.ip(&["link", "set", &port, "master", "br0"]);
@@ -103,7 +108,13 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
     let logs = || {
         names[..3]
             .iter()
-            .map(|n| format!("--- {n}\n{}", std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap_or_default()))
+            .map(|n| {
+                format!(
+                    "--- {n}\n{}",
+                    std::fs::read_to_string(dir.path().join(format!("{n}.log")))
+                        .unwrap_or_default()
+                )
+            })
             .collect::<String>()
     };
 
@@ -111,14 +122,21 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
     let t0 = Instant::now();
     loop {
         let sts: Vec<Option<serde_json::Value>> = [a, b, c].iter().map(|n| try_status(n)).collect();
-        if sts.iter().all(|s| s.as_ref().is_some_and(|s| s["peers_live"] == 2)) {
+        if sts
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|s| s["peers_live"] == 2))
+        {
             for s in sts.iter().flatten() {
                 assert_eq!(s["backend"], "xdp", "{s}");
                 assert_eq!(s["xdp_mode"], "native", "{s}");
             }
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "mesh did not form\n{}", logs());
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "mesh did not form\n{}",
+            logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -158,21 +176,31 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
             .filter_map(|v| v["id"].as_str().map(str::to_owned))
             .collect();
         for id in &ids {
-            assert!(got.contains(id), "node {} missed {id}\n{}", names[i], logs());
+            assert!(
+                got.contains(id),
+                "node {} missed {id}\n{}",
+                names[i],
+                logs()
+            );
         }
     }
 
     // The middle node received through AF_XDP and forwarded through AF_XDP TX.
     let sb = ctl(b, &["status"]);
     assert!(counter(&sb, "xdp", "redirect") > 0, "{sb}");
-    assert!(sb["forwarded"].as_u64().unwrap_or(0) > 0, "B forwarded nothing: {sb}");
+    assert!(
+        sb["forwarded"].as_u64().unwrap_or(0) > 0,
+        "B forwarded nothing: {sb}"
+    );
 
     // Junk, over-rate and denied packets from the misbehaving host die in XDP.
     let attacker = Identity::generate().unwrap();
     let mut payload = Vec::new();
     let mut good_shape = Vec::new();
     wire::data_payload("t", b"flood", &mut payload).unwrap();
-    attacker.seal(Kind::Data, 1, 1, wall_us(), &payload, &mut good_shape).unwrap();
+    attacker
+        .seal(Kind::Data, 1, 1, wall_us(), &payload, &mut good_shape)
+        .unwrap();
     let n = good_shape.len();
     good_shape[n - 1] ^= 1; // bad signature, but well-formed for XDP
     let flood = good_shape.clone();
@@ -202,9 +230,18 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
     let sb = ctl(b, &["status"]);
     assert!(counter(&sb, "xdp", "drop_denied") >= 30, "{sb}");
     let metrics = ctl_metrics(b);
-    assert!(metrics.contains("mesh_xdp_packets_total{mesh_xdp_reason=\"drop_denied\"}"), "{metrics}");
-    assert!(metrics.contains("mesh_xdp_attached{mesh_xdp_mode=\"native\"} 1"), "{metrics}");
-    assert!(metrics.contains("mesh_xsk_sockets{mesh_xsk_bind_mode=\"copy\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("mesh_xdp_packets_total{mesh_xdp_reason=\"drop_denied\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_xdp_attached{mesh_xdp_mode=\"native\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_xsk_sockets{mesh_xsk_bind_mode=\"copy\"} 1"),
+        "{metrics}"
+    );
     drop(daemons);
 }
 
@@ -214,7 +251,11 @@ fn ctl_metrics(ns: &Ns) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect("127.0.0.1:7480").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out

@@ -26,7 +26,9 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     /// The key file exists but does not hold a key.
-    #[error("node key {path} is corrupt: {why} (refusing to replace it; move it away to make a new identity)")]
+    #[error(
+        "node key {path} is corrupt: {why} (refusing to replace it; move it away to make a new identity)"
+    )]
     Corrupt {
         /// Key file.
         path: PathBuf,
@@ -245,14 +247,18 @@ mod tests {
         Identity::load_or_create(&path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = Identity::load_or_create(&path).unwrap_err();
-        assert!(matches!(err, IdentityError::Permissions { mode: 0o644, .. }));
+        assert!(matches!(
+            err,
+            IdentityError::Permissions { mode: 0o644, .. }
+        ));
     }
 
     #[test]
     fn sealed_datagram_verifies_against_origin() {
         let id = Identity::from_seed([5; 32]);
         let mut out = Vec::new();
-        id.seal(Kind::Data, 4, 1, 2, b"\x01thello", &mut out).unwrap();
+        id.seal(Kind::Data, 4, 1, 2, b"\x01thello", &mut out)
+            .unwrap();
         let p = wire::Packet::parse(&out).unwrap();
         let vk = VerifyingKey::from_bytes(p.origin()).unwrap();
         let sig = ed25519_dalek::Signature::from_bytes(p.signature());

@@ -183,7 +183,11 @@ impl Pipeline {
     pub fn new(cfg: PipelineConfig) -> Pipeline {
         let ttl_us = cfg.replay_window_us + cfg.max_clock_skew_us + DEDUP_TTL_MARGIN_US;
         Pipeline {
-            seen: SeenCache::new(cfg.dedup_capacity, ttl_us.saturating_mul(1_000), cfg.dedup_seed),
+            seen: SeenCache::new(
+                cfg.dedup_capacity,
+                ttl_us.saturating_mul(1_000),
+                cfg.dedup_seed,
+            ),
             cfg,
             counters: Counters::default(),
             pending: Vec::with_capacity(MAX_BATCH),

@@ -29,8 +29,8 @@ use std::os::fd::RawFd;
 
 use crate::pipeline::{Accepted, DropReason, Pipeline, PipelineConfig};
 use crate::udp::{BatchSocket, UdpBackend, Waker, wait_readable};
-use crate::xsk::{Backend, RxView, TxSink};
 use crate::wire::{self, Kind, Packet};
+use crate::xsk::{Backend, RxView, TxSink};
 
 /// Peers the tile forwards data messages to, published by the control plane.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -286,7 +286,8 @@ impl<B: Backend> Run<B> {
             .collect();
         let mut tx: Vec<(SocketAddr, usize)> =
             Vec::with_capacity(crate::pipeline::MAX_BATCH * self.cfg.fanout.max(1));
-        let mut dests: Vec<SocketAddr> = Vec::with_capacity(self.cfg.fanout.max(1));
+        let fanout = self.cfg.fanout.min(MAX_FANOUT);
+        let mut dests = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_FANOUT];
         let mut msgs_store: Vec<(SocketAddr, &'static [u8])> = Vec::with_capacity(tx.capacity());
         let mut forwarded = 0u64;
         let mut tx_failed = 0u64;
@@ -302,10 +303,9 @@ impl<B: Backend> Run<B> {
                 if let Ok(p) = Packet::parse(&bytes) {
                     pipeline.mark_seen(p.signature(), now_ns);
                     let peers = self.forward.load();
-                    dests.clear();
-                    choose_peers(&mut self.rng, &peers.peers, self.cfg.fanout, None, &mut dests);
+                    let k = choose_peers(&mut self.rng, &peers.peers, None, &mut dests[..fanout]);
                     let mut msgs = recycle_msgs(std::mem::take(&mut msgs_store));
-                    msgs.extend(dests.iter().map(|d| (*d, &bytes[..])));
+                    msgs.extend(dests[..k].iter().map(|d| (*d, &bytes[..])));
                     let (_, tx) = self.backend.halves();
                     let sent = tx.send_batch(&msgs).unwrap_or(0);
                     forwarded += sent as u64;
@@ -330,7 +330,8 @@ impl<B: Backend> Run<B> {
                 let wall = wall_us();
                 let (batch, tx_sink) = self.backend.halves();
                 let n = n.min(batch.len());
-                let mut views: [&[u8]; crate::pipeline::MAX_BATCH] = [&[]; crate::pipeline::MAX_BATCH];
+                let mut views: [&[u8]; crate::pipeline::MAX_BATCH] =
+                    [&[]; crate::pipeline::MAX_BATCH];
                 for (i, v) in views.iter_mut().enumerate().take(n) {
                     *v = batch.packet(i);
                 }
@@ -367,9 +368,13 @@ impl<B: Backend> Run<B> {
                         buf.clear();
                         buf.extend_from_slice(a.packet.as_bytes());
                         wire::set_hop_limit(buf, a.packet.hop_limit() - 1);
-                        dests.clear();
-                        choose_peers(&mut self.rng, &peers.peers, self.cfg.fanout, Some(from), &mut dests);
-                        tx.extend(dests.iter().map(|d| (*d, used)));
+                        let k = choose_peers(
+                            &mut self.rng,
+                            &peers.peers,
+                            Some(from),
+                            &mut dests[..fanout],
+                        );
+                        tx.extend(dests[..k].iter().map(|d| (*d, used)));
                         used += 1;
                     }
                 }
@@ -410,52 +415,71 @@ impl<B: Backend> Run<B> {
 /// is emptied first, and in-place collection keeps its buffer.
 fn recycle<'a, 'b>(mut v: Vec<Accepted<'a>>) -> Vec<Accepted<'b>> {
     v.clear();
-    v.into_iter().map(|_| unreachable!("vector was cleared")).collect()
+    v.into_iter()
+        .map(|_| unreachable!("vector was cleared"))
+        .collect()
 }
 
 /// [`recycle`] for send lists.
-fn recycle_msgs<'a, 'b>(mut v: Vec<(SocketAddr, &'a [u8])>) -> Vec<(SocketAddr, &'b [u8])> {
+fn recycle_msgs<'b>(mut v: Vec<(SocketAddr, &[u8])>) -> Vec<(SocketAddr, &'b [u8])> {
     v.clear();
-    v.into_iter().map(|_| unreachable!("vector was cleared")).collect()
+    v.into_iter()
+        .map(|_| unreachable!("vector was cleared"))
+        .collect()
 }
 
 fn core_affinity_pin(core: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id: core })
 }
 
-/// Forward decision: up to `fanout` distinct peers chosen uniformly at random
-/// from `peers`, never `exclude` (the sender). Appends to `out`.
+/// Largest fanout the forward decision supports.
+pub const MAX_FANOUT: usize = 32;
+
+/// Forward decision: fills `out` with up to `out.len()` distinct peers chosen
+/// uniformly at random from `peers`, never `exclude` (the sender), and
+/// returns how many it chose. No allocation; for up to 64 peers a bitmask
+/// tracks what is taken, beyond that a bounded rejection loop does.
 pub fn choose_peers<R: Rng>(
     rng: &mut R,
     peers: &[SocketAddr],
-    fanout: usize,
     exclude: Option<SocketAddr>,
-    out: &mut Vec<SocketAddr>,
-) {
-    let eligible = peers.iter().filter(|p| Some(**p) != exclude).count();
-    let want = fanout.min(eligible);
-    // Partial Fisher-Yates over indices without allocating the whole list:
-    // rejection sampling is fine because want <= eligible and lists are small.
-    let start = out.len();
-    let mut guard = 0;
-    while out.len() - start < want && guard < 64 * (want + 1) {
-        guard += 1;
-        let p = peers[rng.random_range(0..peers.len())];
-        if Some(p) != exclude && !out[start..].contains(&p) {
-            out.push(p);
+    out: &mut [SocketAddr],
+) -> usize {
+    let n = peers.len();
+    if n == 0 || out.is_empty() {
+        return 0;
+    }
+    if n <= 64 {
+        // Bit i set: peer i is taken (or is the sender).
+        let mut taken: u64 = match exclude.and_then(|e| peers.iter().position(|p| *p == e)) {
+            Some(i) => 1 << i,
+            None => 0,
+        };
+        let k = out.len().min(n - taken.count_ones() as usize);
+        for slot in out.iter_mut().take(k) {
+            loop {
+                // Lemire's multiply-shift: uniform index without division.
+                let r = ((u64::from(rng.random::<u32>()) * n as u64) >> 32) as usize;
+                if taken & (1 << r) == 0 {
+                    taken |= 1 << r;
+                    *slot = peers[r];
+                    break;
+                }
+            }
+        }
+        return k;
+    }
+    let mut k = 0;
+    let mut tries = 0;
+    while k < out.len() && tries < 16 * out.len() {
+        tries += 1;
+        let p = peers[((u64::from(rng.random::<u32>()) * n as u64) >> 32) as usize];
+        if Some(p) != exclude && !out[..k].contains(&p) {
+            out[k] = p;
+            k += 1;
         }
     }
-    if out.len() - start < want {
-        // Unlucky sampling: fill deterministically.
-        for p in peers {
-            if out.len() - start >= want {
-                break;
-            }
-            if Some(*p) != exclude && !out[start..].contains(p) {
-                out.push(*p);
-            }
-        }
-    }
+    k
 }
 
 #[cfg(test)]
@@ -468,21 +492,37 @@ mod tests {
             .map(|i| SocketAddr::from(([127, 0, 0, i], 7000)))
             .collect();
         let mut rng = SmallRng::seed_from_u64(1);
+        let mut counts = [0u32; 8];
         for _ in 0..1000 {
-            let mut out = Vec::new();
-            choose_peers(&mut rng, &peers, 3, Some(peers[2]), &mut out);
-            assert_eq!(out.len(), 3);
+            let mut out = [peers[0]; 3];
+            assert_eq!(choose_peers(&mut rng, &peers, Some(peers[2]), &mut out), 3);
             assert!(!out.contains(&peers[2]));
-            let mut d = out.clone();
+            let mut d = out.to_vec();
             d.sort();
             d.dedup();
             assert_eq!(d.len(), 3);
+            for p in out {
+                counts[peers.iter().position(|x| *x == p).unwrap()] += 1;
+            }
         }
-        let mut out = Vec::new();
-        choose_peers(&mut rng, &peers[..2], 5, Some(peers[0]), &mut out);
-        assert_eq!(out, vec![peers[1]]);
-        let mut out = Vec::new();
-        choose_peers(&mut rng, &[], 5, None, &mut out);
-        assert!(out.is_empty());
+        // Roughly uniform over the 7 eligible peers (3000 picks, ~428 each).
+        assert_eq!(counts[2], 0);
+        for (i, c) in counts.iter().enumerate().filter(|(i, _)| *i != 2) {
+            assert!((300..560).contains(c), "peer {i} picked {c} times");
+        }
+        let mut out = [peers[0]; 5];
+        assert_eq!(
+            choose_peers(&mut rng, &peers[..2], Some(peers[0]), &mut out),
+            1
+        );
+        assert_eq!(out[0], peers[1]);
+        assert_eq!(choose_peers(&mut rng, &[], None, &mut out), 0);
+        // Large peer sets take the rejection path.
+        let many: Vec<SocketAddr> = (0..200u16)
+            .map(|i| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1)))
+            .collect();
+        let mut out = [many[0]; 8];
+        assert_eq!(choose_peers(&mut rng, &many, Some(many[5]), &mut out), 8);
+        assert!(!out.contains(&many[5]));
     }
 }

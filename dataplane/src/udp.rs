@@ -45,7 +45,8 @@ impl RxBatch {
             count: 0,
             iovs: vec![empty_iov; capacity].into_boxed_slice(),
             // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-            addrs: vec![unsafe { MaybeUninit::zeroed().assume_init() }; capacity].into_boxed_slice(),
+            addrs: vec![unsafe { MaybeUninit::zeroed().assume_init() }; capacity]
+                .into_boxed_slice(),
             // SAFETY: mmsghdr is plain data; all-zero is a valid value.
             msgs: vec![unsafe { MaybeUninit::zeroed().assume_init() }; capacity].into_boxed_slice(),
         }
@@ -175,8 +176,8 @@ impl BatchSocket {
             } else {
                 msgs[i].msg_len as usize
             };
-            batch.from[i] = sockaddr_to_std(&addrs[i])
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            batch.from[i] =
+                sockaddr_to_std(&addrs[i]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         }
         Ok(got)
     }
@@ -241,9 +242,13 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
         libc::AF_INET => {
             // SAFETY: family says this storage holds a sockaddr_in, which is
             // smaller than sockaddr_storage and has compatible alignment.
-            let sin = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: as above, for sockaddr_in6.
@@ -278,7 +283,10 @@ fn std_to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_
             unsafe {
                 std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin);
             }
-            (ss, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            (
+                ss,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
@@ -294,7 +302,10 @@ fn std_to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_
             unsafe {
                 std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6);
             }
-            (ss, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+            (
+                ss,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
         }
     }
 }
@@ -388,6 +399,58 @@ pub fn wait_readable(fd: RawFd, waker: &Waker, timeout: Duration) -> io::Result<
     })
 }
 
+impl crate::xsk::RxView for RxBatch {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn packet(&self, i: usize) -> &[u8] {
+        if i < self.count {
+            RxBatch::packet(self, i)
+        } else {
+            &[]
+        }
+    }
+    fn from(&self, i: usize) -> SocketAddr {
+        self.from
+            .get(i)
+            .copied()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
+impl crate::xsk::TxSink for BatchSocket {
+    fn send_batch(&mut self, msgs: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+        BatchSocket::send_batch(self, msgs)
+    }
+}
+
+/// The UDP backend as a [`crate::xsk::Backend`]: a socket and its batch.
+pub struct UdpBackend {
+    socket: BatchSocket,
+    rx: RxBatch,
+}
+
+impl UdpBackend {
+    /// Wraps `socket` with a receive batch of `batch` datagrams.
+    pub fn new(socket: BatchSocket, batch: usize) -> UdpBackend {
+        UdpBackend {
+            socket,
+            rx: RxBatch::new(batch),
+        }
+    }
+}
+
+impl crate::xsk::Backend for UdpBackend {
+    type Rx = RxBatch;
+    type Tx = BatchSocket;
+    fn recv_batch(&mut self) -> io::Result<usize> {
+        self.socket.recv_batch(&mut self.rx)
+    }
+    fn halves(&mut self) -> (&RxBatch, &mut BatchSocket) {
+        (&self.rx, &mut self.socket)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,7 +485,8 @@ mod tests {
         let a = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20, 1 << 20).unwrap();
         let b = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20, 1 << 20).unwrap();
         let big = vec![7u8; 5000];
-        a.send_batch(&[(b.local_addr().unwrap(), &big[..])]).unwrap();
+        a.send_batch(&[(b.local_addr().unwrap(), &big[..])])
+            .unwrap();
         let waker = Waker::new().unwrap();
         wait_readable(b.raw_fd(), &waker, Duration::from_secs(2)).unwrap();
         let mut batch = RxBatch::new(4);
@@ -438,50 +502,5 @@ mod tests {
         let r = wait_readable(b.raw_fd(), &waker, Duration::from_secs(5)).unwrap();
         assert!(r.woken);
         assert!(!r.socket);
-    }
-}
-
-impl crate::xsk::RxView for RxBatch {
-    fn len(&self) -> usize {
-        self.count
-    }
-    fn packet(&self, i: usize) -> &[u8] {
-        if i < self.count { RxBatch::packet(self, i) } else { &[] }
-    }
-    fn from(&self, i: usize) -> SocketAddr {
-        self.from.get(i).copied().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
-    }
-}
-
-impl crate::xsk::TxSink for BatchSocket {
-    fn send_batch(&mut self, msgs: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
-        BatchSocket::send_batch(self, msgs)
-    }
-}
-
-/// The UDP backend as a [`crate::xsk::Backend`]: a socket and its batch.
-pub struct UdpBackend {
-    socket: BatchSocket,
-    rx: RxBatch,
-}
-
-impl UdpBackend {
-    /// Wraps `socket` with a receive batch of `batch` datagrams.
-    pub fn new(socket: BatchSocket, batch: usize) -> UdpBackend {
-        UdpBackend {
-            socket,
-            rx: RxBatch::new(batch),
-        }
-    }
-}
-
-impl crate::xsk::Backend for UdpBackend {
-    type Rx = RxBatch;
-    type Tx = BatchSocket;
-    fn recv_batch(&mut self) -> io::Result<usize> {
-        self.socket.recv_batch(&mut self.rx)
-    }
-    fn halves(&mut self) -> (&RxBatch, &mut BatchSocket) {
-        (&self.rx, &mut self.socket)
     }
 }

@@ -411,7 +411,10 @@ mod tests {
         assert_eq!(p.payload(), b"\x03abchello");
         assert_eq!(p.signature(), &[0xAB; 64]);
         assert_eq!(p.signed_bytes().len(), HEADER_LEN - SIGNED_OFFSET + 9);
-        assert_eq!(split_data_payload(p.payload()), Some(("abc", &b"hello"[..])));
+        assert_eq!(
+            split_data_payload(p.payload()),
+            Some(("abc", &b"hello"[..]))
+        );
         // Zero copies: the payload view points into the input buffer.
         assert_eq!(p.payload().as_ptr(), bytes[HEADER_LEN..].as_ptr());
     }

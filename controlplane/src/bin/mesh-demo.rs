@@ -78,11 +78,20 @@ fn main() -> anyhow::Result<()> {
             .join("meshd"),
     };
     if !meshd.exists() {
-        bail!("meshd not found at {} (build it or pass --meshd)", meshd.display());
+        bail!(
+            "meshd not found at {} (build it or pass --meshd)",
+            meshd.display()
+        );
     }
     let dir = tempfile::Builder::new().prefix("mesh-demo-").tempdir()?;
     let work = dir.path().to_owned();
-    println!("mesh-demo: {} nodes, {} publishers x {} messages, work dir {}", args.nodes, publishers, args.messages, work.display());
+    println!(
+        "mesh-demo: {} nodes, {} publishers x {} messages, work dir {}",
+        args.nodes,
+        publishers,
+        args.messages,
+        work.display()
+    );
 
     let mut nodes = Vec::new();
     let result = run(&args, publishers, &meshd, &work, &mut nodes);
@@ -113,10 +122,19 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-fn write_config(work: &Path, i: usize, node_ip: [u8; 4], args: &Args, seeds: &[SocketAddr]) -> anyhow::Result<PathBuf> {
+fn write_config(
+    work: &Path,
+    i: usize,
+    node_ip: [u8; 4],
+    args: &Args,
+    seeds: &[SocketAddr],
+) -> anyhow::Result<PathBuf> {
     let nd = work.join(format!("node{i}"));
     std::fs::create_dir_all(&nd)?;
-    let ip = format!("{}.{}.{}.{}", node_ip[0], node_ip[1], node_ip[2], node_ip[3]);
+    let ip = format!(
+        "{}.{}.{}.{}",
+        node_ip[0], node_ip[1], node_ip[2], node_ip[3]
+    );
     let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
     let text = format!(
         "[node]\nkey_file = \"{}\"\nlisten = \"{ip}:{}\"\napi_listen = \"{ip}:{}\"\nbootstrap = [{}]\n\n[gossip]\nheartbeat_interval_ms = 200\npeer_timeout_ms = 2000\npeer_exchange_interval_ms = 200\n\n[dataplane]\nsocket_rcvbuf = 4194304\n",
@@ -137,14 +155,24 @@ fn status(api: SocketAddr) -> anyhow::Result<serde_json::Value> {
         .into_json()?)
 }
 
-fn run(args: &Args, publishers: usize, meshd: &Path, work: &Path, nodes: &mut Vec<Node>) -> anyhow::Result<()> {
+fn run(
+    args: &Args,
+    publishers: usize,
+    meshd: &Path,
+    work: &Path,
+    nodes: &mut Vec<Node>,
+) -> anyhow::Result<()> {
     let ip_of = |i: usize| [127u8, 0, 1 + (i / 200) as u8, 11 + (i % 200) as u8];
     let seeds: Vec<SocketAddr> = (0..2.min(args.nodes))
         .map(|i| SocketAddr::from((ip_of(i), args.port)))
         .collect();
     for i in 0..args.nodes {
         let ip = ip_of(i);
-        let my_seeds: Vec<SocketAddr> = seeds.iter().copied().filter(|s| s.ip() != std::net::IpAddr::from(ip)).collect();
+        let my_seeds: Vec<SocketAddr> = seeds
+            .iter()
+            .copied()
+            .filter(|s| s.ip() != std::net::IpAddr::from(ip))
+            .collect();
         let cfg = write_config(work, i, ip, args, &my_seeds)?;
         let log = std::fs::File::create(work.join(format!("node{i}/meshd.log")))?;
         let child = Command::new(meshd)
@@ -170,19 +198,26 @@ fn run(args: &Args, publishers: usize, meshd: &Path, work: &Path, nodes: &mut Ve
         let mut ready = 0;
         for n in nodes.iter_mut() {
             if let Ok(Some(st)) = n.child.try_wait() {
-                bail!("meshd at {} exited early ({st}); see {}", n.udp, work.display());
+                bail!(
+                    "meshd at {} exited early ({st}); see {}",
+                    n.udp,
+                    work.display()
+                );
             }
-            if let Ok(s) = status(n.api) {
-                if s["peers_live"].as_u64().unwrap_or(0) as usize >= want.min(64) {
-                    ready += 1;
-                }
+            if let Ok(s) = status(n.api)
+                && s["peers_live"].as_u64().unwrap_or(0) as usize >= want.min(64)
+            {
+                ready += 1;
             }
         }
         if ready == nodes.len() {
             break;
         }
         if t0.elapsed() > Duration::from_secs(30) {
-            bail!("mesh did not form within 30 s ({ready}/{} nodes ready)", nodes.len());
+            bail!(
+                "mesh did not form within 30 s ({ready}/{} nodes ready)",
+                nodes.len()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -193,12 +228,17 @@ fn run(args: &Args, publishers: usize, meshd: &Path, work: &Path, nodes: &mut Ve
     for (i, n) in nodes.iter().enumerate() {
         let seen = seen.clone();
         let url = format!("http://{}/v1/subscribe", n.api);
-        let resp = ureq::get(&url).query("topic", "demo").call().with_context(|| format!("subscribe at {url}"))?;
+        let resp = ureq::get(&url)
+            .query("topic", "demo")
+            .call()
+            .with_context(|| format!("subscribe at {url}"))?;
         std::thread::spawn(move || {
             let reader = BufReader::new(resp.into_reader());
             for line in reader.lines() {
                 let Ok(line) = line else { break };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 let s = Seen {
                     id: v["id"].as_str().unwrap_or_default().to_owned(),
                     text: v["text"].as_str().map(str::to_owned),
@@ -227,10 +267,13 @@ fn run(args: &Args, publishers: usize, meshd: &Path, work: &Path, nodes: &mut Ve
 
     // Publish.
     let mut expected: HashSet<String> = HashSet::new();
-    let client = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+    let client = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
     for k in 0..args.messages {
         for (p, n) in nodes.iter().enumerate().take(publishers) {
-            let body = serde_json::json!({ "topic": "demo", "text": format!("hello {k} from node {p}") });
+            let body =
+                serde_json::json!({ "topic": "demo", "text": format!("hello {k} from node {p}") });
             let r: serde_json::Value = client
                 .post(&format!("http://{}/v1/publish", n.api))
                 .send_json(body)
@@ -240,7 +283,9 @@ fn run(args: &Args, publishers: usize, meshd: &Path, work: &Path, nodes: &mut Ve
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let attack_report = adversary.join().map_err(|_| anyhow::anyhow!("adversary thread panicked"))??;
+    let attack_report = adversary
+        .join()
+        .map_err(|_| anyhow::anyhow!("adversary thread panicked"))??;
 
     // Wait for delivery.
     let t1 = Instant::now();
@@ -266,28 +311,72 @@ fn run(args: &Args, publishers: usize, meshd: &Path, work: &Path, nodes: &mut Ve
     let mut total_ok = true;
     let mut totals: HashMap<String, u64> = HashMap::new();
     println!();
-    println!("{:<4} {:<17} {:>19} {:>8} {:>8} {:>10} {:>10} {:>7} {:>6}", "node", "address", "delivered/expected", "p50 ms", "p99 ms", "dup-drop", "sig-reject", "stale", "junk");
+    println!(
+        "{:<4} {:<17} {:>19} {:>8} {:>8} {:>10} {:>10} {:>7} {:>6}",
+        "node",
+        "address",
+        "delivered/expected",
+        "p50 ms",
+        "p99 ms",
+        "dup-drop",
+        "sig-reject",
+        "stale",
+        "junk"
+    );
     for (i, n) in nodes.iter().enumerate() {
         let ids: HashSet<&str> = g[i].iter().map(|s| s.id.as_str()).collect();
         let got = expected.iter().filter(|e| ids.contains(e.as_str())).count();
         total_ok &= got == expected.len();
         forged_delivered += g[i]
             .iter()
-            .filter(|s| s.text.as_deref().is_some_and(|t| t.starts_with("FORGED") || t.starts_with("TAMPERED") || t.starts_with("REPLAYED")))
+            .filter(|s| {
+                s.text.as_deref().is_some_and(|t| {
+                    t.starts_with("FORGED")
+                        || t.starts_with("TAMPERED")
+                        || t.starts_with("REPLAYED")
+                })
+            })
             .count();
-        let mut lat: Vec<u64> = g[i].iter().filter(|s| !s.local).map(|s| s.received_us.saturating_sub(s.timestamp_us)).collect();
+        let mut lat: Vec<u64> = g[i]
+            .iter()
+            .filter(|s| !s.local)
+            .map(|s| s.received_us.saturating_sub(s.timestamp_us))
+            .collect();
         lat.sort_unstable();
         all_lat.extend(&lat);
         let st = status(n.api).unwrap_or_default();
         let d = |r: &str| st["dropped"][r].as_u64().unwrap_or(0);
-        let junk = ["truncated", "oversized", "bad_magic", "bad_version", "bad_kind", "bad_reserved", "length_mismatch"].iter().map(|r| d(r)).sum::<u64>();
-        for (k, v) in [("duplicate", d("duplicate")), ("bad_signature", d("bad_signature")), ("stale", d("stale")), ("junk", junk)] {
+        let junk = [
+            "truncated",
+            "oversized",
+            "bad_magic",
+            "bad_version",
+            "bad_kind",
+            "bad_reserved",
+            "length_mismatch",
+        ]
+        .iter()
+        .map(|r| d(r))
+        .sum::<u64>();
+        for (k, v) in [
+            ("duplicate", d("duplicate")),
+            ("bad_signature", d("bad_signature")),
+            ("stale", d("stale")),
+            ("junk", junk),
+        ] {
             *totals.entry(k.to_owned()).or_default() += v;
         }
         println!(
             "{:<4} {:<17} {:>9}/{:<9} {:>8.2} {:>8.2} {:>10} {:>10} {:>7} {:>6}",
             i,
-            format!("{}.{}.{}.{}:{}", n.ip[0], n.ip[1], n.ip[2], n.ip[3], n.udp.port()),
+            format!(
+                "{}.{}.{}.{}:{}",
+                n.ip[0],
+                n.ip[1],
+                n.ip[2],
+                n.ip[3],
+                n.udp.port()
+            ),
             got,
             expected.len(),
             pct(&lat, 50) as f64 / 1000.0,
@@ -300,9 +389,24 @@ fn run(args: &Args, publishers: usize, meshd: &Path, work: &Path, nodes: &mut Ve
     }
     all_lat.sort_unstable();
     println!();
-    println!("delivery: {}", if total_ok { "100% (every node got every message)" } else { "INCOMPLETE" });
-    println!("dissemination latency over all nodes: p50 {:.2} ms, p99 {:.2} ms ({} deliveries)", pct(&all_lat, 50) as f64 / 1000.0, pct(&all_lat, 99) as f64 / 1000.0, all_lat.len());
-    println!("duplicates dropped before verify: {}", totals.get("duplicate").copied().unwrap_or(0));
+    println!(
+        "delivery: {}",
+        if total_ok {
+            "100% (every node got every message)"
+        } else {
+            "INCOMPLETE"
+        }
+    );
+    println!(
+        "dissemination latency over all nodes: p50 {:.2} ms, p99 {:.2} ms ({} deliveries)",
+        pct(&all_lat, 50) as f64 / 1000.0,
+        pct(&all_lat, 99) as f64 / 1000.0,
+        all_lat.len()
+    );
+    println!(
+        "duplicates dropped before verify: {}",
+        totals.get("duplicate").copied().unwrap_or(0)
+    );
     println!(
         "misbehaving node sent {} forged, {} tampered, {} replayed (stale), {} junk datagrams",
         attack_report.forged, attack_report.tampered, attack_report.replayed, attack_report.junk
@@ -342,7 +446,12 @@ struct AttackReport {
 fn attack(targets: &[SocketAddr], victim: [u8; 32], rounds: usize) -> anyhow::Result<AttackReport> {
     let me = Identity::generate()?;
     let sock = UdpSocket::bind("127.0.0.99:0").context("binding the misbehaving node's socket")?;
-    let mut r = AttackReport { forged: 0, tampered: 0, replayed: 0, junk: 0 };
+    let mut r = AttackReport {
+        forged: 0,
+        tampered: 0,
+        replayed: 0,
+        junk: 0,
+    };
     let mut payload = Vec::new();
     let mut buf = Vec::new();
     for k in 0..rounds {
@@ -362,11 +471,20 @@ fn attack(targets: &[SocketAddr], victim: [u8; 32], rounds: usize) -> anyhow::Re
             r.tampered += 1;
             // Replayed: a validly signed message from ten minutes ago.
             wire::data_payload("demo", format!("REPLAYED {k}").as_bytes(), &mut payload)?;
-            me.seal(Kind::Data, 4, k as u64, wall_us() - 600_000_000, &payload, &mut buf)?;
+            me.seal(
+                Kind::Data,
+                4,
+                k as u64,
+                wall_us() - 600_000_000,
+                &payload,
+                &mut buf,
+            )?;
             sock.send_to(&buf, t)?;
             r.replayed += 1;
             // Junk.
-            let junk: Vec<u8> = (0..(50 + k * 7) % 1500).map(|i| (i * 31 + k) as u8).collect();
+            let junk: Vec<u8> = (0..(50 + k * 7) % 1500)
+                .map(|i| (i * 31 + k) as u8)
+                .collect();
             sock.send_to(&junk, t)?;
             r.junk += 1;
         }

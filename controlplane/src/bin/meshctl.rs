@@ -58,7 +58,9 @@ enum Cmd {
 }
 
 fn get(url: &str) -> anyhow::Result<serde_json::Value> {
-    let resp = ureq::get(url).call().with_context(|| format!("GET {url}"))?;
+    let resp = ureq::get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
     resp.into_json().context("reading JSON")
 }
 
@@ -92,8 +94,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Deny { ip } | Cmd::Allow { ip } => {
-            let path = if matches!(args.cmd, Cmd::Deny { .. }) { "deny" } else { "allow" };
-            match ureq::post(&format!("{base}/v1/{path}")).send_json(serde_json::json!({ "ip": ip })) {
+            let path = if matches!(args.cmd, Cmd::Deny { .. }) {
+                "deny"
+            } else {
+                "allow"
+            };
+            match ureq::post(&format!("{base}/v1/{path}"))
+                .send_json(serde_json::json!({ "ip": ip }))
+            {
                 Ok(r) => {
                     let v: serde_json::Value = r.into_json()?;
                     writeln!(out, "{v}")?;
@@ -112,13 +120,11 @@ fn main() -> anyhow::Result<()> {
                 .call()
                 .with_context(|| format!("GET {url}"))?;
             let reader = BufReader::new(resp.into_reader());
-            let mut n = 0;
-            for line in reader.lines() {
+            for (n, line) in reader.lines().enumerate() {
                 let line = line.context("reading stream")?;
                 writeln!(out, "{line}")?;
                 out.flush()?;
-                n += 1;
-                if count.is_some_and(|c| n >= c) {
+                if count.is_some_and(|c| n + 1 >= c) {
                     break;
                 }
             }

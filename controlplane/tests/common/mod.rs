@@ -12,8 +12,16 @@ use std::time::{Duration, Instant};
 static N: AtomicU32 = AtomicU32::new(0);
 
 pub fn sh(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
-    assert!(out.status.success(), "`{}`: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "`{}`: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -22,7 +30,11 @@ pub struct Ns(pub String);
 
 impl Ns {
     pub fn new(tag: &str) -> Ns {
-        let name = format!("mx{tag}{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "mx{tag}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         sh(&["ip", "netns", "add", &name]);
         let ns = Ns(name);
         ns.ip(&["link", "set", "lo", "up"]);
@@ -98,7 +110,11 @@ pub fn ctl(ns: &Ns, args: &[&str]) -> serde_json::Value {
         .args(args)
         .output()
         .expect("meshctl");
-    assert!(out.status.success(), "meshctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "meshctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
@@ -108,6 +124,8 @@ pub fn try_status(ns: &Ns) -> Option<serde_json::Value> {
         .args(["--api", "127.0.0.1:7480", "status"])
         .output()
         .ok()?;
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
 }
-

@@ -194,6 +194,13 @@ pub struct DataplaneConfig {
     pub socket_sndbuf: usize,
     /// Capacity of the queue from the fast path to the control plane.
     pub inbound_queue: usize,
+    /// Signature-verify worker threads per fast-path tile; 0 verifies
+    /// inline on the tile.
+    pub verify_workers: usize,
+    /// Cores the verify workers are pinned to, in order (empty: unpinned).
+    pub verify_cores: Vec<usize>,
+    /// Batches each verify worker may have queued.
+    pub verify_queue: usize,
     /// XDP / AF_XDP settings.
     pub xdp: XdpBackendConfig,
 }
@@ -207,6 +214,9 @@ impl Default for DataplaneConfig {
             socket_rcvbuf: 8 << 20,
             socket_sndbuf: 4 << 20,
             inbound_queue: 65_536,
+            verify_workers: 0,
+            verify_cores: Vec::new(),
+            verify_queue: 64,
             xdp: XdpBackendConfig::default(),
         }
     }
@@ -331,6 +341,28 @@ impl Config {
             "dataplane.inbound_queue",
             "must be 64..=4194304",
         )?;
+        check(
+            d.verify_workers <= 64,
+            "dataplane.verify_workers",
+            "must be 0..=64",
+        )?;
+        check(
+            d.verify_cores.is_empty() || d.verify_cores.len() == d.verify_workers,
+            "dataplane.verify_cores",
+            "must be empty or list one core per verify worker",
+        )?;
+        let ncores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(c) = d.verify_cores.iter().find(|c| **c >= ncores) {
+            return Err(ConfigError::Invalid {
+                field: "dataplane.verify_cores",
+                problem: format!("core {c} does not exist (this machine has {ncores})"),
+            });
+        }
+        check(
+            (1..=65_536).contains(&d.verify_queue),
+            "dataplane.verify_queue",
+            "must be 1..=65536",
+        )?;
         if d.backend == Backend::Xdp {
             check(
                 !d.xdp.interface.is_empty(),
@@ -357,6 +389,20 @@ impl Config {
             )?;
         }
         Ok(())
+    }
+}
+
+impl DataplaneConfig {
+    /// The verify pool settings, `None` when verifying inline.
+    pub fn verify_pool(&self) -> Option<dataplane::verify::workers::PoolConfig> {
+        let workers = std::num::NonZeroUsize::new(self.verify_workers)?;
+        Some(dataplane::verify::workers::PoolConfig {
+            workers,
+            cores: self.verify_cores.clone(),
+            queue_depth: std::num::NonZeroUsize::new(self.verify_queue)
+                .unwrap_or(std::num::NonZeroUsize::MIN),
+            ..Default::default()
+        })
     }
 }
 
@@ -408,6 +454,14 @@ mod tests {
                 "gossip.peer_timeout_ms",
             ),
             ("[dataplane]\nbackend = \"xdp\"\n", "node.listen"),
+            (
+                "[dataplane]\nverify_workers = 2\nverify_cores = [0]\n",
+                "dataplane.verify_cores",
+            ),
+            (
+                "[dataplane]\nverify_workers = 1\nverify_cores = [999]\n",
+                "dataplane.verify_cores",
+            ),
             (
                 "[node]\nlisten = \"10.0.0.1:7400\"\n[dataplane]\nbackend = \"xdp\"\n[dataplane.xdp]\nburst = 0\n",
                 "dataplane.xdp.burst",

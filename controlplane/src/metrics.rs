@@ -95,6 +95,10 @@ pub struct Metrics {
     /// Messages a slow subscriber missed.
     pub lagged: IntCounter,
     xdp_packets: IntCounterVec,
+    verify_batches: IntCounterVec,
+    verify_signatures: IntCounterVec,
+    verify_failures: IntCounterVec,
+    verify_queue_full: IntCounterVec,
     /// 1 for the XDP attach mode in use, by mode.
     pub xdp_attached: IntGaugeVec,
     /// AF_XDP sockets by bind mode.
@@ -270,6 +274,30 @@ impl Metrics {
                 "Packets seen by the XDP filter, by verdict and reason.",
                 "mesh.xdp.reason",
             )?,
+            verify_batches: counter_vec(
+                &r,
+                "mesh.verify.batches",
+                "Batches verified by a verify worker.",
+                "mesh.verify.worker",
+            )?,
+            verify_signatures: counter_vec(
+                &r,
+                "mesh.verify.signatures",
+                "Signatures verified by a verify worker.",
+                "mesh.verify.worker",
+            )?,
+            verify_failures: counter_vec(
+                &r,
+                "mesh.verify.failures",
+                "Signatures a verify worker found invalid.",
+                "mesh.verify.worker",
+            )?,
+            verify_queue_full: counter_vec(
+                &r,
+                "mesh.verify.queue_full",
+                "Batches dropped because every verify queue was full.",
+                "mesh.verify.worker",
+            )?,
             xdp_attached: gauge_vec(
                 &r,
                 "mesh.xdp.attached",
@@ -300,6 +328,16 @@ impl Metrics {
         }
         for mode in XSK_BIND_MODES {
             m.xsk_sockets.with_label_values(&[mode]);
+        }
+        // Verify workers appear once a pool runs; give the families one
+        // series each so the exported set is the same on every node.
+        for c in [
+            &m.verify_batches,
+            &m.verify_signatures,
+            &m.verify_failures,
+            &m.verify_queue_full,
+        ] {
+            c.with_label_values(&["none"]);
         }
         m.peers.with_label_values(&["live"]);
         m.peers.with_label_values(&["pending"]);
@@ -367,6 +405,23 @@ impl Metrics {
                 self.xdp_packets
                     .with_label_values(&[reason.as_str()])
                     .inc_by(d);
+            }
+        }
+    }
+
+    /// Folds the verify workers' counters in (labelled `tile/worker`).
+    pub fn refresh_verify(&self, pools: &[dataplane::verify::workers::PoolStats]) {
+        for (t, pool) in pools.iter().enumerate() {
+            for (w, st) in pool.snapshot().iter().enumerate() {
+                let label = format!("{t}/{w}");
+                let set = |c: &IntCounterVec, v: u64| {
+                    let c = c.with_label_values(&[&label]);
+                    c.inc_by(v.saturating_sub(c.get()));
+                };
+                set(&self.verify_batches, st.batches);
+                set(&self.verify_signatures, st.signatures);
+                set(&self.verify_failures, st.failures);
+                set(&self.verify_queue_full, st.queue_full);
             }
         }
     }

@@ -145,6 +145,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) tile_stats: Vec<Arc<tile::TileStats>>,
     pub(crate) xdp: Option<dataplane::xdp::XdpControl>,
+    pub(crate) verify_stats: Vec<dataplane::verify::workers::PoolStats>,
     pub(crate) deliveries: broadcast::Sender<Arc<Delivered>>,
     api: mpsc::Sender<ApiCmd>,
 }
@@ -181,6 +182,7 @@ impl Shared {
 
     pub(crate) fn render_metrics(&self) -> String {
         self.metrics.refresh(&self.tile_stats, self.xdp.as_ref());
+        self.metrics.refresh_verify(&self.verify_stats);
         self.metrics.render()
     }
 }
@@ -306,11 +308,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         },
         idle_wait: ms(100),
         core: cfg.dataplane.rx_core,
+        verify_pool: cfg.dataplane.verify_pool(),
     };
     let mut tiles = Vec::new();
     let mut xdp = None;
     if cfg.dataplane.backend == Backend::Xdp {
-        match crate::xdp_backend::start(&cfg, udp_addr, tile_cfg, &forward, &make_sender, &metrics) {
+        match crate::xdp_backend::start(&cfg, udp_addr, tile_cfg.clone(), &forward, &make_sender, &metrics) {
             Ok((x, t)) => {
                 xdp = Some(x);
                 tiles = t;
@@ -348,6 +351,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         id,
         metrics,
         tile_stats: tiles.iter().map(|t| t.stats().clone()).collect(),
+        verify_stats: tiles
+            .iter()
+            .filter_map(|t| t.verify_stats().cloned())
+            .collect(),
         xdp: xdp
             .as_ref()
             .and_then(|x: &crate::xdp_backend::Running| x.control().try_clone().ok()),

@@ -88,7 +88,7 @@ pub fn start(
         let tcfg = TileConfig {
             batch_size: xcfg.batch,
             core,
-            ..tile_cfg
+            ..tile_cfg.clone()
         };
         let (bind_tx, bind_rx) = std::sync::mpsc::channel::<BindMode>();
         let q = *queue;

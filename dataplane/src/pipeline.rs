@@ -235,6 +235,87 @@ impl Pipeline {
         self.seen.insert(k, now_ns);
     }
 
+    /// Parse, replay window and dedup probe of one datagram; counts the drop
+    /// and returns `None` when it does not pass.
+    #[inline]
+    fn screen<'a>(
+        &mut self,
+        now_ns: u64,
+        wall_us: u64,
+        bytes: &'a [u8],
+    ) -> Option<(Packet<'a>, u64)> {
+        let p = match Packet::parse(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.counters.dropped[DropReason::from(e) as usize] += 1;
+                return None;
+            }
+        };
+        let ts = p.timestamp_us();
+        if ts.saturating_add(self.cfg.replay_window_us) < wall_us {
+            self.counters.dropped[DropReason::Stale as usize] += 1;
+            return None;
+        }
+        if ts > wall_us.saturating_add(self.cfg.max_clock_skew_us) {
+            self.counters.dropped[DropReason::FromFuture as usize] += 1;
+            return None;
+        }
+        let key = self.seen.key(p.signature());
+        if self.seen.contains(key, now_ns) {
+            self.counters.dropped[DropReason::Duplicate as usize] += 1;
+            return None;
+        }
+        Some((p, key))
+    }
+
+    /// The stages before signature verification, for drivers that verify on
+    /// other cores ([`crate::verify::workers`]): parse, replay window and
+    /// dedup probe. Survivors are appended to `out` (a second copy of the
+    /// same message in one batch is dropped as a duplicate). Each survivor
+    /// must later be settled with [`Pipeline::settle`] (or
+    /// [`Pipeline::count_unverified_drop`]) to keep the counters balanced.
+    pub fn screen_batch<'a>(
+        &mut self,
+        now_ns: u64,
+        wall_us: u64,
+        batch: &[&'a [u8]],
+        out: &mut Vec<Accepted<'a>>,
+    ) {
+        let batch = &batch[..batch.len().min(MAX_BATCH)];
+        self.counters.received += batch.len() as u64;
+        let start = out.len();
+        for (i, bytes) in batch.iter().enumerate() {
+            let Some((packet, key)) = self.screen(now_ns, wall_us, bytes) else {
+                continue;
+            };
+            if out[start..].iter().any(|a| a.key == key) {
+                self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                continue;
+            }
+            out.push(Accepted {
+                index: i,
+                packet,
+                key,
+            });
+        }
+    }
+
+    /// Counts the verdict of a screened message: accepted, or
+    /// `bad_signature`.
+    pub fn settle(&mut self, kind: Kind, valid: bool) {
+        if valid {
+            self.counters.accepted[kind as usize & 7] += 1;
+        } else {
+            self.counters.dropped[DropReason::BadSignature as usize] += 1;
+        }
+    }
+
+    /// Counts a screened message dropped before its verdict (e.g. every
+    /// verify queue full). It is not marked seen and can arrive again.
+    pub fn count_unverified_drop(&mut self, reason: DropReason) {
+        self.counters.dropped[reason as usize] += 1;
+    }
+
     /// Runs the stages over `batch` (at most [`MAX_BATCH`] datagrams; extra
     /// ones are ignored and not counted). `now_ns` is the monotonic clock for
     /// the seen-cache, `wall_us` the wall clock for the replay window.
@@ -255,27 +336,9 @@ impl Pipeline {
 
         // Parse, replay window, dedup probe.
         for (i, bytes) in batch.iter().enumerate() {
-            let p = match Packet::parse(bytes) {
-                Ok(p) => p,
-                Err(e) => {
-                    self.counters.dropped[DropReason::from(e) as usize] += 1;
-                    continue;
-                }
+            let Some((p, key)) = self.screen(now_ns, wall_us, bytes) else {
+                continue;
             };
-            let ts = p.timestamp_us();
-            if ts.saturating_add(self.cfg.replay_window_us) < wall_us {
-                self.counters.dropped[DropReason::Stale as usize] += 1;
-                continue;
-            }
-            if ts > wall_us.saturating_add(self.cfg.max_clock_skew_us) {
-                self.counters.dropped[DropReason::FromFuture as usize] += 1;
-                continue;
-            }
-            let key = self.seen.key(p.signature());
-            if self.seen.contains(key, now_ns) {
-                self.counters.dropped[DropReason::Duplicate as usize] += 1;
-                continue;
-            }
             // A second copy in the same batch waits for the first's verdict.
             if self.keys.contains(&key) {
                 self.deferred.push(i);
@@ -351,5 +414,155 @@ impl Pipeline {
             }
         }
         out.sort_by_key(|a| a.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    const NOW_US: u64 = 1_800_000_000_000_000;
+
+    fn pipeline() -> Pipeline {
+        Pipeline::new(PipelineConfig {
+            replay_window_us: 60_000_000,
+            max_clock_skew_us: 5_000_000,
+            dedup_capacity: 4096,
+            dedup_seed: 42,
+        })
+    }
+
+    fn msg(id: &Identity, seq: u64, ts: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        id.seal(Kind::Data, 3, seq, ts, b"\x01tbody", &mut out)
+            .unwrap();
+        out
+    }
+
+    fn balanced(p: &Pipeline) {
+        let c = p.counters();
+        assert_eq!(c.received, c.accepted_total() + c.dropped_total());
+    }
+
+    #[test]
+    fn valid_messages_pass_and_every_bad_one_has_its_reason() {
+        let id = Identity::from_seed([1; 32]);
+        let good = msg(&id, 1, NOW_US);
+        let mut tampered = msg(&id, 2, NOW_US);
+        let n = tampered.len();
+        tampered[n - 70] ^= 1;
+        let stale = msg(&id, 3, NOW_US - 61_000_000);
+        let future = msg(&id, 4, NOW_US + 6_000_000);
+        let junk = vec![0u8; 10];
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        let batch: Vec<&[u8]> = vec![&good, &tampered, &stale, &future, &junk];
+        p.process(0, NOW_US, &batch, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].index, 0);
+        let c = p.counters();
+        assert_eq!(c.dropped[DropReason::BadSignature as usize], 1);
+        assert_eq!(c.dropped[DropReason::Stale as usize], 1);
+        assert_eq!(c.dropped[DropReason::FromFuture as usize], 1);
+        assert_eq!(c.dropped[DropReason::Truncated as usize], 1);
+        balanced(&p);
+    }
+
+    #[test]
+    fn committed_messages_are_duplicates_and_uncommitted_ones_are_not() {
+        let id = Identity::from_seed([2; 32]);
+        let a = msg(&id, 1, NOW_US);
+        let b = msg(&id, 2, NOW_US);
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        p.process(0, NOW_US, &[&a, &b], &mut out);
+        assert_eq!(out.len(), 2);
+        p.commit(out[0].key, 0);
+        // `b` was not committed (say its queue was full): it may come again.
+        let mut out2 = Vec::new();
+        p.process(1, NOW_US, &[&a, &b], &mut out2);
+        assert_eq!(out2.len(), 1);
+        assert_eq!(out2[0].index, 1);
+        assert_eq!(p.counters().dropped[DropReason::Duplicate as usize], 1);
+        balanced(&p);
+    }
+
+    #[test]
+    fn a_forged_copy_reusing_a_real_signature_cannot_suppress_the_real_message() {
+        let id = Identity::from_seed([3; 32]);
+        let real = msg(&id, 1, NOW_US);
+        let mut forged = real.clone();
+        forged[crate::wire::HEADER_LEN + 2] ^= 0x40; // same signature, other body
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        // The forgery arrives first, in the same batch and in an earlier one.
+        p.process(0, NOW_US, &[&forged], &mut out);
+        assert!(out.is_empty());
+        p.process(1, NOW_US, &[&forged, &real], &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "the real copy is verified on its own and accepted"
+        );
+        assert_eq!(out[0].index, 1);
+        assert_eq!(p.counters().dropped[DropReason::BadSignature as usize], 2);
+        balanced(&p);
+    }
+
+    #[test]
+    fn second_copy_in_one_batch_is_a_duplicate_of_an_accepted_first() {
+        let id = Identity::from_seed([4; 32]);
+        let a = msg(&id, 1, NOW_US);
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        p.process(0, NOW_US, &[&a, &a, &a], &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(p.counters().dropped[DropReason::Duplicate as usize], 2);
+        balanced(&p);
+    }
+
+    #[test]
+    fn screen_and_settle_keep_the_same_books_as_process() {
+        let id = Identity::from_seed([5; 32]);
+        let good = msg(&id, 1, NOW_US);
+        let mut bad = msg(&id, 2, NOW_US);
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        let stale = msg(&id, 3, 1);
+        let batch: Vec<&[u8]> = vec![&good, &bad, &stale, &good];
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        p.screen_batch(0, NOW_US, &batch, &mut out);
+        assert_eq!(
+            out.len(),
+            2,
+            "good and bad wait for verdicts; the copy is a duplicate"
+        );
+        for a in &out {
+            let ok = crate::verify::verify_one(&crate::verify::VerifyItem {
+                public_key: a.packet.origin(),
+                message: a.packet.signed_bytes(),
+                signature: a.packet.signature(),
+            });
+            p.settle(a.packet.kind(), ok);
+        }
+        let c = p.counters();
+        assert_eq!(c.accepted_total(), 1);
+        assert_eq!(c.dropped[DropReason::BadSignature as usize], 1);
+        assert_eq!(c.dropped[DropReason::Stale as usize], 1);
+        assert_eq!(c.dropped[DropReason::Duplicate as usize], 1);
+        balanced(&p);
+    }
+
+    #[test]
+    fn oversized_batches_are_cut_to_the_limit() {
+        let junk = [0u8; 4];
+        let batch: Vec<&[u8]> = vec![&junk; MAX_BATCH + 10];
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        p.process(0, NOW_US, &batch, &mut out);
+        assert_eq!(p.counters().received, MAX_BATCH as u64);
+        balanced(&p);
     }
 }

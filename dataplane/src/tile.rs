@@ -29,6 +29,7 @@ use std::os::fd::RawFd;
 
 use crate::pipeline::{Accepted, DropReason, Pipeline, PipelineConfig};
 use crate::udp::{BatchSocket, UdpBackend, Waker, wait_readable};
+use crate::verify::workers::{PoolConfig, PoolStats, VerifyBatch, VerifyPool};
 use crate::wire::{self, Kind, Packet};
 use crate::xsk::{Backend, RxView, TxSink};
 
@@ -40,7 +41,7 @@ pub struct ForwardSet {
 }
 
 /// Tile settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TileConfig {
     /// Datagrams per receive batch (1..=256).
     pub batch_size: usize,
@@ -52,6 +53,9 @@ pub struct TileConfig {
     pub idle_wait: Duration,
     /// Core to pin the tile thread to, if any.
     pub core: Option<usize>,
+    /// Verify on a pool of worker threads (pinned cores, bounded queues)
+    /// instead of inline on the tile. `None`: verify inline.
+    pub verify_pool: Option<PoolConfig>,
 }
 
 /// A message that passed every stage, handed to the control plane.
@@ -101,6 +105,7 @@ pub struct TileHandle {
     join: Option<JoinHandle<()>>,
     stats: Arc<TileStats>,
     local_addr: SocketAddr,
+    verify_stats: Option<PoolStats>,
 }
 
 impl TileHandle {
@@ -115,6 +120,11 @@ impl TileHandle {
     /// Shared counters.
     pub fn stats(&self) -> &Arc<TileStats> {
         &self.stats
+    }
+
+    /// Per-worker counters of the tile's verify pool, when it has one.
+    pub fn verify_stats(&self) -> Option<&PoolStats> {
+        self.verify_stats.as_ref()
     }
 
     /// Address the tile's socket is bound to.
@@ -184,6 +194,14 @@ where
     B: Backend,
     F: FnOnce() -> std::io::Result<(B, RawFd)> + Send + 'static,
 {
+    let pool = match &cfg.verify_pool {
+        Some(pc) => Some(
+            VerifyPool::start(pc)
+                .map_err(|e| std::io::Error::other(format!("verify pool: {e}")))?,
+        ),
+        None => None,
+    };
+    let verify_stats = pool.as_ref().map(VerifyPool::stats_handle);
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(4096);
     let waker = Arc::new(Waker::new()?);
     let stop = Arc::new(AtomicBool::new(false));
@@ -218,6 +236,7 @@ where
             stop: st,
             stats: stt,
             rng: SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
+            verify: pool.map(VerifyStage::new),
         };
         run.run();
     })?;
@@ -236,6 +255,7 @@ where
         join: Some(join),
         stats,
         local_addr,
+        verify_stats,
     })
 }
 
@@ -270,6 +290,151 @@ struct Run<B: Backend> {
     stop: Arc<AtomicBool>,
     stats: Arc<TileStats>,
     rng: SmallRng,
+    verify: Option<VerifyStage>,
+}
+
+/// Reusable buffers for the forwarding of one batch.
+struct Forwarding {
+    /// One datagram copy per forwarded message (hop limit rewritten).
+    bufs: Vec<Vec<u8>>,
+    /// Buffers in use this batch.
+    used: usize,
+    /// (destination, buffer index) pairs.
+    tx: Vec<(SocketAddr, usize)>,
+    /// Scratch for the forward decision.
+    dests: [SocketAddr; MAX_FANOUT],
+    /// Send list storage, recycled across batches.
+    msgs: Vec<(SocketAddr, &'static [u8])>,
+}
+
+impl Forwarding {
+    fn new(fanout: usize) -> Forwarding {
+        let cap = crate::pipeline::MAX_BATCH * fanout.max(1);
+        Forwarding {
+            bufs: (0..crate::pipeline::MAX_BATCH)
+                .map(|_| Vec::with_capacity(wire::MAX_DATAGRAM))
+                .collect(),
+            used: 0,
+            tx: Vec::with_capacity(cap),
+            dests: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_FANOUT],
+            msgs: Vec::with_capacity(cap),
+        }
+    }
+
+    /// Sends what was queued; returns (sent, failed).
+    fn flush<T: TxSink>(&mut self, tx: &mut T) -> (u64, u64) {
+        let result = if self.tx.is_empty() {
+            (0, 0)
+        } else {
+            let mut msgs = recycle_msgs(std::mem::take(&mut self.msgs));
+            msgs.extend(self.tx.iter().map(|(d, i)| (*d, &self.bufs[*i][..])));
+            let sent = tx.send_batch(&msgs).unwrap_or(0);
+            let failed = msgs.len() - sent;
+            self.msgs = recycle_msgs(msgs);
+            (sent as u64, failed as u64)
+        };
+        self.used = 0;
+        self.tx.clear();
+        result
+    }
+}
+
+/// What the accept step needs from the tile, borrowed apart from the backend.
+struct AcceptCtx<'r> {
+    inbound: &'r handoff::InboundSender,
+    stop: &'r AtomicBool,
+    rng: &'r mut SmallRng,
+    peers: &'r [SocketAddr],
+    fanout: usize,
+}
+
+/// A verified message: hand it to the control plane, mark it seen, and
+/// queue its forwarding. Returns false when the control plane is gone.
+#[allow(clippy::too_many_arguments)]
+fn accept(
+    ctx: &mut AcceptCtx<'_>,
+    pipeline: &mut Pipeline,
+    fwd: &mut Forwarding,
+    packet: &Packet<'_>,
+    from: SocketAddr,
+    key: u64,
+    now_ns: u64,
+    wall: u64,
+) -> bool {
+    let kind = packet.kind();
+    let msg = Inbound {
+        bytes: packet.as_bytes().to_vec(),
+        kind,
+        from,
+        received_us: wall,
+    };
+    match (ctx.inbound)(msg) {
+        handoff::SendOutcome::Sent => {}
+        handoff::SendOutcome::Full => {
+            pipeline.count_queue_full(kind);
+            return true;
+        }
+        handoff::SendOutcome::Closed => {
+            ctx.stop.store(true, Ordering::Release);
+            return false;
+        }
+    }
+    pipeline.commit(key, now_ns);
+    if kind == Kind::Data && packet.hop_limit() > 1 {
+        let used = fwd.used;
+        let Some(buf) = fwd.bufs.get_mut(used) else {
+            return true;
+        };
+        buf.clear();
+        buf.extend_from_slice(packet.as_bytes());
+        wire::set_hop_limit(buf, packet.hop_limit() - 1);
+        let k = choose_peers(ctx.rng, ctx.peers, Some(from), &mut fwd.dests[..ctx.fanout]);
+        let dests = fwd.dests;
+        fwd.tx.extend(dests[..k].iter().map(|d| (*d, used)));
+        fwd.used += 1;
+    }
+    true
+}
+
+/// Messages waiting for the verify pool: owned copies of their datagrams.
+#[derive(Default)]
+struct Held {
+    tag: u64,
+    bytes: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    from: Vec<SocketAddr>,
+    keys: Vec<u64>,
+    wall: u64,
+}
+
+impl Held {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+        self.from.clear();
+        self.keys.clear();
+    }
+}
+
+/// The verify pool as a stage of the tile: batches out, verdicts back.
+pub(crate) struct VerifyStage {
+    pool: VerifyPool,
+    in_flight: Vec<Held>,
+    free_held: Vec<Held>,
+    free_batches: Vec<VerifyBatch>,
+    next_tag: u64,
+}
+
+impl VerifyStage {
+    fn new(pool: VerifyPool) -> VerifyStage {
+        VerifyStage {
+            pool,
+            in_flight: Vec::new(),
+            free_held: Vec::new(),
+            free_batches: Vec::new(),
+            next_tag: 0,
+        }
+    }
 }
 
 impl<B: Backend> Run<B> {
@@ -278,22 +443,18 @@ impl<B: Backend> Run<B> {
         let mut pipeline = Pipeline::new(self.cfg.pipeline);
         let mut accepted_store: Vec<Accepted<'static>> =
             Vec::with_capacity(crate::pipeline::MAX_BATCH);
-        // Forwarding scratch, allocated once: one datagram buffer per batch
-        // slot, destination lists, and the send list (recycled across
-        // batches so no allocation happens per packet).
-        let mut tx_bufs: Vec<Vec<u8>> = (0..crate::pipeline::MAX_BATCH)
-            .map(|_| Vec::with_capacity(wire::MAX_DATAGRAM))
-            .collect();
-        let mut tx: Vec<(SocketAddr, usize)> =
-            Vec::with_capacity(crate::pipeline::MAX_BATCH * self.cfg.fanout.max(1));
         let fanout = self.cfg.fanout.min(MAX_FANOUT);
-        let mut dests = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_FANOUT];
-        let mut msgs_store: Vec<(SocketAddr, &'static [u8])> = Vec::with_capacity(tx.capacity());
+        let mut fwd = Forwarding::new(fanout);
         let mut forwarded = 0u64;
         let mut tx_failed = 0u64;
         let mut batches = 0u64;
         while !self.stop.load(Ordering::Acquire) {
-            if let Err(e) = wait_readable(self.wait_fd, &self.waker, self.cfg.idle_wait) {
+            // Verdicts come back from other cores: poll briefly while any are out.
+            let wait = match &self.verify {
+                Some(v) if !v.in_flight.is_empty() => Duration::from_micros(200),
+                _ => self.cfg.idle_wait,
+            };
+            if let Err(e) = wait_readable(self.wait_fd, &self.waker, wait) {
                 tracing::warn!(error = %e, "poll failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -303,14 +464,15 @@ impl<B: Backend> Run<B> {
                 if let Ok(p) = Packet::parse(&bytes) {
                     pipeline.mark_seen(p.signature(), now_ns);
                     let peers = self.forward.load();
-                    let k = choose_peers(&mut self.rng, &peers.peers, None, &mut dests[..fanout]);
-                    let mut msgs = recycle_msgs(std::mem::take(&mut msgs_store));
-                    msgs.extend(dests[..k].iter().map(|d| (*d, &bytes[..])));
+                    let k =
+                        choose_peers(&mut self.rng, &peers.peers, None, &mut fwd.dests[..fanout]);
+                    let mut msgs = recycle_msgs(std::mem::take(&mut fwd.msgs));
+                    msgs.extend(fwd.dests[..k].iter().map(|d| (*d, &bytes[..])));
                     let (_, tx) = self.backend.halves();
                     let sent = tx.send_batch(&msgs).unwrap_or(0);
                     forwarded += sent as u64;
                     tx_failed += (msgs.len() - sent) as u64;
-                    msgs_store = recycle_msgs(msgs);
+                    fwd.msgs = recycle_msgs(msgs);
                 }
             }
             // Drain the socket in batches.
@@ -336,58 +498,91 @@ impl<B: Backend> Run<B> {
                     *v = batch.packet(i);
                 }
                 let mut accepted = recycle(std::mem::take(&mut accepted_store));
-                pipeline.process(now_ns, wall, &views[..n], &mut accepted);
-                let mut used = 0;
-                tx.clear();
-                let peers = self.forward.load();
-                for a in &accepted {
-                    let from = batch.from(a.index);
-                    let kind = a.packet.kind();
-                    let msg = Inbound {
-                        bytes: a.packet.as_bytes().to_vec(),
-                        kind,
-                        from,
-                        received_us: wall,
+                if let Some(vs) = self.verify.as_mut() {
+                    // Screen here, verify on the pool's cores.
+                    pipeline.screen_batch(now_ns, wall, &views[..n], &mut accepted);
+                    if !accepted.is_empty() {
+                        submit(vs, &mut pipeline, &accepted, |i| batch.from(i), wall);
+                    }
+                } else {
+                    pipeline.process(now_ns, wall, &views[..n], &mut accepted);
+                    let peers = self.forward.load();
+                    let mut ctx = AcceptCtx {
+                        inbound: &self.inbound,
+                        stop: &self.stop,
+                        rng: &mut self.rng,
+                        peers: &peers.peers,
+                        fanout,
                     };
-                    match (self.inbound)(msg) {
-                        handoff::SendOutcome::Sent => {}
-                        handoff::SendOutcome::Full => {
-                            pipeline.count_queue_full(kind);
-                            continue;
-                        }
-                        handoff::SendOutcome::Closed => {
-                            self.stop.store(true, Ordering::Release);
+                    for a in &accepted {
+                        if !accept(
+                            &mut ctx,
+                            &mut pipeline,
+                            &mut fwd,
+                            &a.packet,
+                            batch.from(a.index),
+                            a.key,
+                            now_ns,
+                            wall,
+                        ) {
                             break;
                         }
                     }
-                    pipeline.commit(a.key, now_ns);
-                    if kind == Kind::Data && a.packet.hop_limit() > 1 {
-                        let Some(buf) = tx_bufs.get_mut(used) else {
-                            continue;
-                        };
-                        buf.clear();
-                        buf.extend_from_slice(a.packet.as_bytes());
-                        wire::set_hop_limit(buf, a.packet.hop_limit() - 1);
-                        let k = choose_peers(
-                            &mut self.rng,
-                            &peers.peers,
-                            Some(from),
-                            &mut dests[..fanout],
-                        );
-                        tx.extend(dests[..k].iter().map(|d| (*d, used)));
-                        used += 1;
-                    }
-                }
-                if !tx.is_empty() {
-                    let mut msgs = recycle_msgs(std::mem::take(&mut msgs_store));
-                    msgs.extend(tx.iter().map(|(d, i)| (*d, &tx_bufs[*i][..])));
-                    let sent = tx_sink.send_batch(&msgs).unwrap_or(0);
-                    forwarded += sent as u64;
-                    tx_failed += (msgs.len() - sent) as u64;
-                    msgs_store = recycle_msgs(msgs);
+                    let (sent, failed) = fwd.flush(tx_sink);
+                    forwarded += sent;
+                    tx_failed += failed;
                 }
                 accepted_store = recycle(accepted);
                 self.publish(&pipeline, forwarded, tx_failed, batches);
+            }
+            // Verdicts from the pool.
+            if let Some(vs) = self.verify.as_mut() {
+                let now_ns = origin.elapsed().as_nanos() as u64;
+                let peers = self.forward.load();
+                let mut ctx = AcceptCtx {
+                    inbound: &self.inbound,
+                    stop: &self.stop,
+                    rng: &mut self.rng,
+                    peers: &peers.peers,
+                    fanout,
+                };
+                while let Some(mut vb) = vs.pool.try_recv() {
+                    let Some(pos) = vs.in_flight.iter().position(|h| h.tag == vb.tag) else {
+                        vb.clear();
+                        vs.free_batches.push(vb);
+                        continue;
+                    };
+                    let mut held = vs.in_flight.swap_remove(pos);
+                    for (i, &(start, end)) in held.spans.iter().enumerate() {
+                        let Ok(p) = Packet::parse(&held.bytes[start..end]) else {
+                            continue;
+                        };
+                        let ok = vb.verdicts().get(i).copied().unwrap_or(false);
+                        pipeline.settle(p.kind(), ok);
+                        if ok
+                            && !accept(
+                                &mut ctx,
+                                &mut pipeline,
+                                &mut fwd,
+                                &p,
+                                held.from[i],
+                                held.keys[i],
+                                now_ns,
+                                held.wall,
+                            )
+                        {
+                            break;
+                        }
+                    }
+                    let (_, tx) = self.backend.halves();
+                    let (sent, failed) = fwd.flush(tx);
+                    forwarded += sent;
+                    tx_failed += failed;
+                    held.clear();
+                    vs.free_held.push(held);
+                    vb.clear();
+                    vs.free_batches.push(vb);
+                }
             }
             self.publish(&pipeline, forwarded, tx_failed, batches);
         }
@@ -408,6 +603,49 @@ impl<B: Backend> Run<B> {
         s.batches.store(batches, Ordering::Relaxed);
         s.dedup_live_evictions
             .store(pipeline.seen_stats().live_evictions, Ordering::Relaxed);
+    }
+}
+
+/// Copies screened messages into a pool batch and submits it; when every
+/// verify queue is full they are counted as `queue_full` (not marked seen).
+fn submit(
+    vs: &mut VerifyStage,
+    pipeline: &mut Pipeline,
+    screened: &[Accepted<'_>],
+    from: impl Fn(usize) -> SocketAddr,
+    wall: u64,
+) {
+    let mut vb = vs.free_batches.pop().unwrap_or_else(|| {
+        VerifyBatch::with_capacity(
+            crate::pipeline::MAX_BATCH,
+            crate::pipeline::MAX_BATCH * wire::MAX_DATAGRAM,
+        )
+    });
+    let mut held = vs.free_held.pop().unwrap_or_default();
+    vs.next_tag = vs.next_tag.wrapping_add(1);
+    vb.tag = vs.next_tag;
+    held.tag = vs.next_tag;
+    held.wall = wall;
+    for a in screened {
+        let p = &a.packet;
+        vb.push(p.origin(), p.signed_bytes(), p.signature());
+        let start = held.bytes.len();
+        held.bytes.extend_from_slice(p.as_bytes());
+        held.spans.push((start, held.bytes.len()));
+        held.from.push(from(a.index));
+        held.keys.push(a.key);
+    }
+    match vs.pool.submit(vb) {
+        Ok(()) => vs.in_flight.push(held),
+        Err(mut vb) => {
+            for _ in screened {
+                pipeline.count_unverified_drop(DropReason::QueueFull);
+            }
+            vb.clear();
+            vs.free_batches.push(vb);
+            held.clear();
+            vs.free_held.push(held);
+        }
     }
 }
 

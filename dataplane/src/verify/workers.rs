@@ -313,8 +313,35 @@ impl VerifyPool {
         self.results.recv_timeout(timeout).ok()
     }
 
+    /// A handle that reads the workers' counters from any thread, for
+    /// exporters (the pool itself stays with the stage that feeds it).
+    pub fn stats_handle(&self) -> PoolStats {
+        PoolStats {
+            counters: self.counters.clone(),
+        }
+    }
+
     /// A snapshot of every worker's counters, by worker index.
     pub fn stats(&self) -> Vec<WorkerStats> {
+        self.stats_handle().snapshot()
+    }
+}
+
+/// Read-only access to a pool's per-worker counters.
+#[derive(Clone)]
+pub struct PoolStats {
+    counters: Arc<[WorkerCounters]>,
+}
+
+impl core::fmt::Debug for PoolStats {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.snapshot()).finish()
+    }
+}
+
+impl PoolStats {
+    /// Every worker's counters, by worker index.
+    pub fn snapshot(&self) -> Vec<WorkerStats> {
         self.counters
             .iter()
             .map(|c| WorkerStats {

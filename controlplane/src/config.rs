@@ -49,6 +49,33 @@ pub struct Config {
     pub gossip: GossipConfig,
     /// Fast-path settings.
     pub dataplane: DataplaneConfig,
+    /// Mutual TLS between nodes.
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: node-to-node control traffic over QUIC with mutual TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Turn mutual TLS on. Control traffic then runs over QUIC on UDP port
+    /// `node.listen` + 1, only peers with a certificate from `ca_cert` join,
+    /// and data messages from origins that are not such peers are dropped.
+    pub enabled: bool,
+    /// The mesh CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// This node's certificate (PEM), issued by the mesh CA for the node's
+    /// Ed25519 key (`meshd --print-node-id`, then `meshctl ca issue`).
+    pub cert: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: false,
+            ca_cert: PathBuf::from("/etc/meshd/ca.crt"),
+            cert: PathBuf::from("/etc/meshd/node.crt"),
+        }
+    }
 }
 
 /// `[node]`.
@@ -363,6 +390,13 @@ impl Config {
             "dataplane.verify_queue",
             "must be 1..=65536",
         )?;
+        if self.tls.enabled {
+            check(
+                self.node.listen.port() != 0 && self.node.listen.port() != u16::MAX,
+                "node.listen",
+                "must have a fixed port below 65535 with tls.enabled (control traffic uses port + 1)",
+            )?;
+        }
         if d.backend == Backend::Xdp {
             check(
                 !d.xdp.interface.is_empty(),

@@ -284,6 +284,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let send_socket = socket.try_clone_std()?;
 
     let metrics = Metrics::new().context("registering metrics")?;
+    // Members admitted by mutual TLS (self first); the fast path reads it.
+    let admitted = Arc::new(ArcSwap::from_pointee(std::collections::HashSet::from([
+        id.0
+    ])));
+    let transport = if cfg.tls.enabled {
+        Some(Arc::new(start_transport(&cfg, &identity, udp_addr)?))
+    } else {
+        None
+    };
+    let admission: Option<dataplane::pipeline::Admission> = transport.as_ref().map(|_| {
+        let set = admitted.clone();
+        let f: dataplane::pipeline::Admission =
+            Arc::new(move |k: &[u8; 32]| set.load().contains(k));
+        f
+    });
     let forward = Arc::new(ArcSwap::from_pointee(ForwardSet::default()));
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(cfg.dataplane.inbound_queue);
     let make_sender = move || -> handoff::InboundSender {
@@ -309,6 +324,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         idle_wait: ms(100),
         core: cfg.dataplane.rx_core,
         verify_pool: cfg.dataplane.verify_pool(),
+        admission,
     };
     let mut tiles = Vec::new();
     let mut xdp = None;
@@ -378,7 +394,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
     );
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let (connected_tx, connected_rx) = mpsc::channel(256);
     let control = Control {
+        transport,
+        connecting: std::collections::HashSet::new(),
+        connected_tx,
+        admitted,
         cfg: cfg.clone(),
         identity,
         shared: shared.clone(),
@@ -399,7 +420,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         payload: Vec::with_capacity(wire::MAX_PAYLOAD),
         forward_version: u64::MAX,
     };
-    let task = tokio::spawn(control.run(in_rx, api_rx, shutdown_rx));
+    let task = tokio::spawn(control.run(in_rx, api_rx, shutdown_rx, connected_rx));
     Ok(NodeHandle {
         shared,
         udp_addr,
@@ -408,6 +429,39 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         task: Some(task),
         api_task,
     })
+}
+
+/// Binds the mutual-TLS QUIC endpoint on the mesh port + 1.
+fn start_transport(
+    cfg: &Config,
+    identity: &Identity,
+    udp_addr: SocketAddr,
+) -> anyhow::Result<mesh_transport::Transport> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("reading {}", p.display()))
+            .and_then(|pem| {
+                mesh_transport::ca::cert_from_pem(&pem)
+                    .with_context(|| format!("{} is not a PEM certificate", p.display()))
+            })
+    };
+    let ca = read(&cfg.tls.ca_cert).context("tls.ca_cert")?;
+    let cert = read(&cfg.tls.cert).context("tls.cert")?;
+    let port = udp_addr
+        .port()
+        .checked_add(1)
+        .context("node.listen port must be below 65535 with mutual TLS")?;
+    let listen = SocketAddr::new(udp_addr.ip(), port);
+    let t = mesh_transport::Transport::bind(
+        listen,
+        identity.secret_seed(),
+        cert,
+        ca,
+        mesh_transport::TransportConfig::default(),
+    )
+    .with_context(|| format!("starting mutual-TLS control endpoint on {listen} (tls.cert must be issued by tls.ca_cert for this node's key)"))?;
+    tracing::info!(%listen, "mutual-TLS control endpoint up (QUIC)");
+    Ok(t)
 }
 
 fn getrandom_seed(seed: &mut [u8; 8]) {
@@ -425,6 +479,13 @@ struct Control {
     tiles: Vec<TileHandle>,
     /// Keeps the XDP program attached until the tiles stopped (field order).
     _xdp: Option<crate::xdp_backend::Running>,
+    /// Mutual-TLS QUIC endpoint for control traffic (when `[tls]` is on).
+    transport: Option<Arc<mesh_transport::Transport>>,
+    /// QUIC addresses being dialled.
+    connecting: std::collections::HashSet<SocketAddr>,
+    connected_tx: mpsc::Sender<SocketAddr>,
+    /// Members admitted by mutual TLS, read by the fast path.
+    admitted: Arc<ArcSwap<std::collections::HashSet<[u8; 32]>>>,
     send_socket: UdpSocket,
     forward: Arc<ArcSwap<ForwardSet>>,
     peers: PeerTable,
@@ -452,6 +513,7 @@ impl Control {
         mut inbound: mpsc::Receiver<Inbound>,
         mut api: mpsc::Receiver<ApiCmd>,
         mut shutdown: oneshot::Receiver<()>,
+        mut connected_rx: mpsc::Receiver<SocketAddr>,
     ) {
         loop {
             let now = self.now();
@@ -467,6 +529,13 @@ impl Control {
                     None => break,
                 },
                 _ = tokio::time::sleep(wait) => self.handle_timeout(),
+                f = recv_frame(self.transport.clone()) => match f {
+                    Some((id, remote, frame)) => self.handle_frame(id, remote, &frame),
+                    None => self.transport = None,
+                },
+                Some(ctrl) = connected_rx.recv() => {
+                    self.connecting.remove(&ctrl);
+                }
                 _ = &mut shutdown => {
                     self.peers.leave();
                     self.flush_peer_transmits();
@@ -475,6 +544,11 @@ impl Control {
             }
             self.flush_peer_transmits();
             self.sync_forward_set();
+        }
+        if let Some(t) = &self.transport {
+            // Let the goodbyes go out before closing the connections.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            t.shutdown().await;
         }
         for t in &mut self.tiles {
             t.stop();
@@ -513,6 +587,12 @@ impl Control {
             self.accept_data(now, &p, m.received_us, false);
             return;
         }
+        if self.transport.is_some() {
+            // With mutual TLS, control traffic only counts over QUIC.
+            self.shared.metrics.control_invalid.inc();
+            tracing::debug!(from = %m.from, "control datagram outside mutual TLS ignored");
+            return;
+        }
         let msg = match ControlMsg::decode(m.kind, p.payload()) {
             Ok(msg) => msg,
             Err(e) => {
@@ -521,7 +601,33 @@ impl Control {
                 return;
             }
         };
-        self.peers.handle_message(now, m.from, origin, &msg);
+        self.handle_control(now, m.from, origin, msg);
+    }
+
+    /// A control frame from a peer authenticated by mutual TLS. `remote` is
+    /// its QUIC address; its mesh (data) address is one port below.
+    fn handle_frame(&mut self, id: mesh_transport::NodeId, remote: SocketAddr, frame: &[u8]) {
+        let now = self.now();
+        let Some(data_addr) = data_addr_of(remote) else {
+            return;
+        };
+        let msg = match frame
+            .split_first()
+            .and_then(|(k, payload)| Kind::from_u8(*k).map(|k| (k, payload)))
+            .map(|(k, payload)| ControlMsg::decode(k, payload))
+        {
+            Some(Ok(msg)) => msg,
+            _ => {
+                self.shared.metrics.control_invalid.inc();
+                tracing::debug!(%remote, "bad control frame");
+                return;
+            }
+        };
+        self.handle_control(now, data_addr, NodeId(id.0), msg);
+    }
+
+    fn handle_control(&mut self, now: Nanos, from: SocketAddr, origin: NodeId, msg: ControlMsg) {
+        self.peers.handle_message(now, from, origin, &msg);
         match msg {
             ControlMsg::IHave(ids) => {
                 let missing: Vec<MessageId> = ids
@@ -533,12 +639,19 @@ impl Control {
                         .metrics
                         .repair_requested
                         .inc_by(missing.len() as u64);
-                    self.send_control(m.from, &ControlMsg::IWant(missing));
+                    self.send_control(from, &ControlMsg::IWant(missing));
                 }
             }
-            ControlMsg::IWant(ids) => self.serve_iwant(now, m.from, &ids),
+            ControlMsg::IWant(ids) => self.serve_iwant(now, from, &ids),
             _ => {}
         }
+    }
+
+    /// The QUIC address of a peer's mesh address (port + 1).
+    fn control_addr_of(data: SocketAddr) -> Option<SocketAddr> {
+        data.port()
+            .checked_add(1)
+            .map(|p| SocketAddr::new(data.ip(), p))
     }
 
     /// Answers an IWANT from a live peer, at most `MAX_IDS_PER_DIGEST` × 4
@@ -717,6 +830,48 @@ impl Control {
     }
 
     fn send_control(&mut self, to: SocketAddr, msg: &ControlMsg) {
+        if let Some(t) = &self.transport {
+            msg.encode(&mut self.payload);
+            let mut frame = Vec::with_capacity(1 + self.payload.len());
+            frame.push(msg.kind() as u8);
+            frame.extend_from_slice(&self.payload);
+            let known = self
+                .peers
+                .peer_at(to)
+                .map(|p| mesh_transport::NodeId(p.id.0))
+                .filter(|id| t.is_connected(id));
+            let t = t.clone();
+            match known {
+                Some(id) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = t.send(&id, &frame).await {
+                            tracing::debug!(peer = %id, error = %e, "control frame not sent");
+                        }
+                    });
+                }
+                None => {
+                    let Some(ctrl) = Self::control_addr_of(to) else {
+                        return;
+                    };
+                    if !self.connecting.insert(ctrl) {
+                        return; // a dial is under way; the next heartbeat retries
+                    }
+                    let done = self.connected_tx.clone();
+                    tokio::spawn(async move {
+                        match t.connect(ctrl, None).await {
+                            Ok(conn) => {
+                                if let Err(e) = t.send(&conn.node_id, &frame).await {
+                                    tracing::debug!(peer = %conn.node_id, error = %e, "control frame not sent");
+                                }
+                            }
+                            Err(e) => tracing::debug!(%ctrl, error = %e, "mutual-TLS dial failed"),
+                        }
+                        let _ = done.send(ctrl).await;
+                    });
+                }
+            }
+            return;
+        }
         msg.encode(&mut self.payload);
         self.sequence += 1;
         if self
@@ -787,6 +942,33 @@ impl Control {
         self.forward_version = self.peers.version();
         let peers = self.peers.live().map(|p| p.addr).collect();
         self.forward.store(Arc::new(ForwardSet { peers }));
+        if self.transport.is_some() {
+            // Only ids that proved a CA-issued certificate are ever live.
+            let mut set: std::collections::HashSet<[u8; 32]> =
+                self.peers.live().map(|p| p.id.0).collect();
+            set.extend(self.peers.unreachable_ids().map(|id| id.0));
+            set.insert(self.shared.id.0);
+            self.admitted.store(Arc::new(set));
+        }
+    }
+}
+
+/// The mesh (data) address of a peer's QUIC address (port − 1).
+fn data_addr_of(control: SocketAddr) -> Option<SocketAddr> {
+    control
+        .port()
+        .checked_sub(1)
+        .filter(|p| *p != 0)
+        .map(|p| SocketAddr::new(control.ip(), p))
+}
+
+/// Next control frame, or never when mutual TLS is off.
+async fn recv_frame(
+    t: Option<Arc<mesh_transport::Transport>>,
+) -> Option<(mesh_transport::NodeId, SocketAddr, bytes::Bytes)> {
+    match t {
+        Some(t) => t.recv().await,
+        None => std::future::pending().await,
     }
 }
 

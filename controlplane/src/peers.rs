@@ -150,6 +150,11 @@ impl PeerTable {
         self.live.len() + self.unreachable.len() + 1
     }
 
+    /// Ids of peers that stopped answering and are still remembered.
+    pub fn unreachable_ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.unreachable.keys()
+    }
+
     /// Peers that stopped answering and are still remembered.
     pub fn unreachable_count(&self) -> usize {
         self.unreachable.len()

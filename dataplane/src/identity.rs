@@ -162,6 +162,12 @@ impl Identity {
         }
     }
 
+    /// The 32-byte secret seed. Sensitive: only for building the node's TLS
+    /// private key; never log or send it.
+    pub fn secret_seed(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     /// This node's id (public key).
     pub fn node_id(&self) -> NodeId {
         NodeId(self.key.verifying_key().to_bytes())

@@ -47,11 +47,14 @@ pub enum DropReason {
     QueueFull = 11,
     /// Valid signature but the payload does not follow its kind's format.
     BadPayload = 12,
+    /// Origin is not an admitted member (mutual TLS on): dropped before
+    /// its signature is checked.
+    UnknownOrigin = 13,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     /// Every reason, in value order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Truncated,
@@ -67,6 +70,7 @@ impl DropReason {
         DropReason::BadSignature,
         DropReason::QueueFull,
         DropReason::BadPayload,
+        DropReason::UnknownOrigin,
     ];
 
     /// The registry member name (`mesh.drop.reason` attribute value).
@@ -85,6 +89,7 @@ impl DropReason {
             DropReason::BadSignature => "bad_signature",
             DropReason::QueueFull => "queue_full",
             DropReason::BadPayload => "bad_payload",
+            DropReason::UnknownOrigin => "unknown_origin",
         }
     }
 }
@@ -115,6 +120,11 @@ pub struct PipelineConfig {
     /// Seed of the seen-cache hash; take it from the OS random source.
     pub dedup_seed: u64,
 }
+
+/// Decides whether a message origin (Ed25519 public key) is an admitted
+/// member. Called once per screened message; must not block (read a
+/// lock-free snapshot).
+pub type Admission = std::sync::Arc<dyn Fn(&[u8; 32]) -> bool + Send + Sync>;
 
 /// Largest batch [`Pipeline::process`] takes.
 pub const MAX_BATCH: usize = 256;
@@ -167,6 +177,7 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     seen: SeenCache,
     counters: Counters,
+    admit: Option<Admission>,
     // Scratch, allocated once.
     pending: Vec<usize>,
     keys: Vec<u64>,
@@ -190,11 +201,18 @@ impl Pipeline {
             ),
             cfg,
             counters: Counters::default(),
+            admit: None,
             pending: Vec::with_capacity(MAX_BATCH),
             keys: Vec::with_capacity(MAX_BATCH),
             verdicts: vec![false; MAX_BATCH],
             deferred: Vec::with_capacity(MAX_BATCH),
         }
+    }
+
+    /// Only messages whose origin `admit` accepts pass (checked before the
+    /// dedup probe and the signature); others count as `unknown_origin`.
+    pub fn set_admission(&mut self, admit: Option<Admission>) {
+        self.admit = admit;
     }
 
     /// Counters so far.
@@ -258,6 +276,12 @@ impl Pipeline {
         }
         if ts > wall_us.saturating_add(self.cfg.max_clock_skew_us) {
             self.counters.dropped[DropReason::FromFuture as usize] += 1;
+            return None;
+        }
+        if let Some(admit) = &self.admit
+            && !admit(p.origin())
+        {
+            self.counters.dropped[DropReason::UnknownOrigin as usize] += 1;
             return None;
         }
         let key = self.seen.key(p.signature());
@@ -552,6 +576,23 @@ mod tests {
         assert_eq!(c.dropped[DropReason::BadSignature as usize], 1);
         assert_eq!(c.dropped[DropReason::Stale as usize], 1);
         assert_eq!(c.dropped[DropReason::Duplicate as usize], 1);
+        balanced(&p);
+    }
+
+    #[test]
+    fn with_admission_on_only_member_origins_pass() {
+        let member = Identity::from_seed([6; 32]);
+        let outsider = Identity::from_seed([7; 32]);
+        let allowed = member.node_id().0;
+        let mut p = pipeline();
+        p.set_admission(Some(std::sync::Arc::new(move |k: &[u8; 32]| *k == allowed)));
+        let a = msg(&member, 1, NOW_US);
+        let b = msg(&outsider, 1, NOW_US);
+        let mut out = Vec::new();
+        p.process(0, NOW_US, &[&a, &b], &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].index, 0);
+        assert_eq!(p.counters().dropped[DropReason::UnknownOrigin as usize], 1);
         balanced(&p);
     }
 

@@ -41,7 +41,7 @@ pub struct ForwardSet {
 }
 
 /// Tile settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TileConfig {
     /// Datagrams per receive batch (1..=256).
     pub batch_size: usize,
@@ -56,6 +56,21 @@ pub struct TileConfig {
     /// Verify on a pool of worker threads (pinned cores, bounded queues)
     /// instead of inline on the tile. `None`: verify inline.
     pub verify_pool: Option<PoolConfig>,
+    /// Admission of message origins (mutual TLS membership); `None` admits
+    /// every correctly signed message.
+    pub admission: Option<crate::pipeline::Admission>,
+}
+
+impl core::fmt::Debug for TileConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TileConfig")
+            .field("batch_size", &self.batch_size)
+            .field("fanout", &self.fanout)
+            .field("core", &self.core)
+            .field("verify_pool", &self.verify_pool)
+            .field("admission", &self.admission.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A message that passed every stage, handed to the control plane.
@@ -441,6 +456,7 @@ impl<B: Backend> Run<B> {
     fn run(mut self) {
         let origin = Instant::now();
         let mut pipeline = Pipeline::new(self.cfg.pipeline);
+        pipeline.set_admission(self.cfg.admission.clone());
         let mut accepted_store: Vec<Accepted<'static>> =
             Vec::with_capacity(crate::pipeline::MAX_BATCH);
         let fanout = self.cfg.fanout.min(MAX_FANOUT);

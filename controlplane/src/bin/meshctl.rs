@@ -6,6 +6,8 @@
 //! meshctl publish TOPIC TEXT
 //! meshctl subscribe TOPIC [--count N]
 //! meshctl deny IP | allow IP      (XDP backend)
+//! meshctl ca init DIR
+//! meshctl ca issue --ca DIR --node-id HEX --out node.crt
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -47,6 +49,11 @@ enum Cmd {
         /// Source address.
         ip: std::net::IpAddr,
     },
+    /// Mesh certificate authority (offline; needs no running node).
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// Print messages on TOPIC as they arrive, one JSON object per line.
     Subscribe {
         /// Topic.
@@ -55,6 +62,68 @@ enum Cmd {
         #[arg(long)]
         count: Option<usize>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCmd {
+    /// Create a mesh CA in DIR (ca.crt, and ca.key with mode 0600).
+    Init {
+        /// Directory for the CA files (must not hold a CA yet).
+        dir: std::path::PathBuf,
+    },
+    /// Issue a node certificate for a node id (`meshd --print-node-id`).
+    Issue {
+        /// CA directory.
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        /// The node's id: its Ed25519 public key, 64 hex characters.
+        #[arg(long)]
+        node_id: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+fn ca(cmd: CaCmd) -> anyhow::Result<()> {
+    match cmd {
+        CaCmd::Init { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let ca = mesh_transport::MeshCa::generate().context("generating the CA key")?;
+            ca.save(&dir)
+                .with_context(|| format!("saving the CA in {}", dir.display()))?;
+            println!("mesh CA written to {}", dir.display());
+        }
+        CaCmd::Issue {
+            ca,
+            node_id,
+            days,
+            out,
+        } => {
+            let mut key = [0u8; 32];
+            hex::decode_to_slice(node_id.trim(), &mut key)
+                .context("--node-id must be 64 hex characters (meshd --print-node-id)")?;
+            let ca = mesh_transport::MeshCa::load(&ca)
+                .with_context(|| format!("loading the CA from {}", ca.display()))?;
+            let cert = ca
+                .issue(
+                    key,
+                    std::time::Duration::from_secs(days.saturating_mul(86_400)),
+                )
+                .context("issuing the certificate")?;
+            std::fs::write(&out, mesh_transport::ca::cert_to_pem(&cert))
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "certificate for {} written to {}",
+                node_id.trim(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn get(url: &str) -> anyhow::Result<serde_json::Value> {
@@ -66,6 +135,10 @@ fn get(url: &str) -> anyhow::Result<serde_json::Value> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let args = match args.cmd {
+        Cmd::Ca { cmd } => return ca(cmd),
+        _ => args,
+    };
     let base = format!("http://{}", args.api);
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -93,6 +166,7 @@ fn main() -> anyhow::Result<()> {
                 Err(e) => return Err(e).context("POST /v1/publish"),
             }
         }
+        Cmd::Ca { .. } => unreachable!("handled above"),
         Cmd::Deny { ip } | Cmd::Allow { ip } => {
             let path = if matches!(args.cmd, Cmd::Deny { .. }) {
                 "deny"

@@ -23,6 +23,11 @@ struct Args {
     /// Print the documented default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Print this node's id (its Ed25519 public key, hex), creating the key
+    /// file if needed, and exit. The mesh CA issues the node certificate for
+    /// this key (`meshctl ca issue`).
+    #[arg(long)]
+    print_node_id: bool,
     /// Log filter (tracing EnvFilter syntax), overrides RUST_LOG.
     #[arg(long, default_value = "info")]
     log: String,
@@ -43,6 +48,11 @@ fn main() -> anyhow::Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    if args.print_node_id {
+        let (id, _) = dataplane::identity::Identity::load_or_create(&cfg.node.key_file)?;
+        println!("{}", id.node_id());
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -46,6 +46,10 @@ struct Args {
     /// Keep the working directory (configs, keys, logs) for inspection.
     #[arg(long)]
     keep: bool,
+    /// Run without mutual TLS between nodes (control traffic as signed UDP
+    /// datagrams instead of QUIC + mTLS).
+    #[arg(long)]
+    no_tls: bool,
 }
 
 struct Node {
@@ -128,9 +132,22 @@ fn write_config(
     node_ip: [u8; 4],
     args: &Args,
     seeds: &[SocketAddr],
+    ca: Option<&mesh_transport::MeshCa>,
 ) -> anyhow::Result<PathBuf> {
     let nd = work.join(format!("node{i}"));
     std::fs::create_dir_all(&nd)?;
+    let mut tls = String::new();
+    if let Some(ca) = ca {
+        // The operator's steps: the node's key, then a certificate for it.
+        let (id, _) = Identity::load_or_create(&nd.join("node.key"))?;
+        let cert = ca.issue(id.node_id().0, Duration::from_secs(86_400))?;
+        std::fs::write(nd.join("node.crt"), mesh_transport::ca::cert_to_pem(&cert))?;
+        tls = format!(
+            "\n[tls]\nenabled = true\nca_cert = \"{}\"\ncert = \"{}\"\n",
+            work.join("ca.crt").display(),
+            nd.join("node.crt").display()
+        );
+    }
     let ip = format!(
         "{}.{}.{}.{}",
         node_ip[0], node_ip[1], node_ip[2], node_ip[3]
@@ -144,7 +161,7 @@ fn write_config(
         seeds.join(", ")
     );
     let path = nd.join("meshd.toml");
-    std::fs::write(&path, text)?;
+    std::fs::write(&path, text + &tls)?;
     Ok(path)
 }
 
@@ -163,6 +180,21 @@ fn run(
     nodes: &mut Vec<Node>,
 ) -> anyhow::Result<()> {
     let ip_of = |i: usize| [127u8, 0, 1 + (i / 200) as u8, 11 + (i % 200) as u8];
+    let ca = if args.no_tls {
+        None
+    } else {
+        let ca = mesh_transport::MeshCa::generate()?;
+        std::fs::write(work.join("ca.crt"), ca.cert_pem())?;
+        Some(ca)
+    };
+    println!(
+        "mutual TLS between nodes: {}",
+        if ca.is_some() {
+            "on (QUIC control plane, certificates from a demo mesh CA)"
+        } else {
+            "off"
+        }
+    );
     let seeds: Vec<SocketAddr> = (0..2.min(args.nodes))
         .map(|i| SocketAddr::from((ip_of(i), args.port)))
         .collect();
@@ -173,7 +205,7 @@ fn run(
             .copied()
             .filter(|s| s.ip() != std::net::IpAddr::from(ip))
             .collect();
-        let cfg = write_config(work, i, ip, args, &my_seeds)?;
+        let cfg = write_config(work, i, ip, args, &my_seeds, ca.as_ref())?;
         let log = std::fs::File::create(work.join(format!("node{i}/meshd.log")))?;
         let child = Command::new(meshd)
             .arg("--config")
@@ -312,7 +344,7 @@ fn run(
     let mut totals: HashMap<String, u64> = HashMap::new();
     println!();
     println!(
-        "{:<4} {:<17} {:>19} {:>8} {:>8} {:>10} {:>10} {:>7} {:>6}",
+        "{:<4} {:<17} {:>19} {:>8} {:>8} {:>10} {:>10} {:>10} {:>7} {:>6}",
         "node",
         "address",
         "delivered/expected",
@@ -320,6 +352,7 @@ fn run(
         "p99 ms",
         "dup-drop",
         "sig-reject",
+        "non-member",
         "stale",
         "junk"
     );
@@ -361,13 +394,14 @@ fn run(
         for (k, v) in [
             ("duplicate", d("duplicate")),
             ("bad_signature", d("bad_signature")),
+            ("unknown_origin", d("unknown_origin")),
             ("stale", d("stale")),
             ("junk", junk),
         ] {
             *totals.entry(k.to_owned()).or_default() += v;
         }
         println!(
-            "{:<4} {:<17} {:>9}/{:<9} {:>8.2} {:>8.2} {:>10} {:>10} {:>7} {:>6}",
+            "{:<4} {:<17} {:>9}/{:<9} {:>8.2} {:>8.2} {:>10} {:>10} {:>10} {:>7} {:>6}",
             i,
             format!(
                 "{}.{}.{}.{}:{}",
@@ -383,6 +417,7 @@ fn run(
             pct(&lat, 99) as f64 / 1000.0,
             d("duplicate"),
             d("bad_signature"),
+            d("unknown_origin"),
             d("stale"),
             junk
         );
@@ -412,8 +447,9 @@ fn run(
         attack_report.forged, attack_report.tampered, attack_report.replayed, attack_report.junk
     );
     println!(
-        "rejected: {} bad signature, {} stale, {} malformed",
+        "rejected: {} bad signature, {} from non-members (before verify), {} stale, {} malformed",
         totals.get("bad_signature").copied().unwrap_or(0),
+        totals.get("unknown_origin").copied().unwrap_or(0),
         totals.get("stale").copied().unwrap_or(0),
         totals.get("junk").copied().unwrap_or(0)
     );

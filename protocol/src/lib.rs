@@ -1,1 +1,37 @@
-//! Sans-IO protocol cores (placeholder until the control-plane issue lands).
+//! Sans-IO protocol cores of the mesh control plane.
+//!
+//! Pure state machines: events and time in, messages, events and timers out. No sockets,
+//! clocks, tasks or global RNG (the RNG is a constructor argument), so the tokio driver, the
+//! AF_XDP data plane's control hooks and the deterministic simulator (`mesh-sim`) all run the
+//! same code.
+//!
+//! Layers, top-down:
+//! - [`node`]: the composed [`Node`] the driver runs (`handle_*` in, `poll_*` out).
+//! - [`membership`]: SWIM failure detection with Lifeguard suspicion and local health, over a
+//!   bounded member table.
+//! - [`views`]: HyParView active/passive partial views (no node holds the full member list).
+//! - [`gossip`]: Plumtree eager/lazy push with graft repair, retained store, push-pull
+//!   anti-entropy; the eager set is the data plane's forwarding set.
+//! - [`heal`]: member-state CRDT (a join-semilattice) and the partition detector.
+//! - [`topology`]: RTT estimates and near + random peer choice, rebalancing.
+//! - [`wire`]: the [`Message`] enum and its bounded binary encoding.
+//! - [`time`], [`id`]: own `Instant`, `NodeId`, `MsgId`.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod gossip;
+pub mod heal;
+pub mod id;
+pub mod membership;
+pub mod node;
+pub mod time;
+pub mod topology;
+pub mod views;
+pub mod wire;
+
+pub use gossip::Delivery;
+pub use heal::{MemberState, PartitionStatus, Reachability, Status};
+pub use id::{MsgId, NodeId};
+pub use node::{Command, CommandError, Event, Node, NodeConfig, NodeStats, NodeStatus};
+pub use time::{Duration, Instant};
+pub use wire::{DecodeError, Message};

@@ -1,0 +1,762 @@
+//! Plumtree-like dissemination with a retained message store and push-pull anti-entropy.
+//!
+//! - **Eager push** along a spanning tree: a new message goes in full (`Gossip`) to the
+//!   *eager* peers, and as an id (`IHave`, batched per [`GossipConfig::lazy_flush`]) to the
+//!   *lazy* peers. New active neighbours start eager; a duplicate over an eager link makes it
+//!   lazy (`Prune`), so after the first broadcast the eager links form a tree and each payload
+//!   crosses about one link per node.
+//! - **Flood zone**: within [`GossipConfig::flood_rounds`] hops of the origin the payload goes
+//!   to every active peer, without touching the tree; this bounds the hop count for all origins
+//!   at ~1% extra payload cost at 10k nodes.
+//! - **Pull repair**: an `IHave` for an unknown id starts a timer ([`GossipConfig::ihave_timeout`]);
+//!   if the payload has not arrived when it fires, `Graft` asks the announcer for it and makes
+//!   that link eager (tree repair). Further announcers are tried every
+//!   [`GossipConfig::graft_timeout`].
+//! - **Anti-entropy**: every [`GossipConfig::anti_entropy_interval`] a node sends a random
+//!   active peer `SyncDigest`: one 64-bit fingerprint (XOR of id bits) per id bucket. For each
+//!   bucket that differs the peer answers `SyncIds` (its ids there, paged); the node `Pull`s
+//!   what it lacks and answers with its own extra ids (`SyncIds { reply: true }`), so both sides
+//!   catch up in one exchange. This is what carries messages across a healed partition and to a
+//!   node that was down. Pulled messages are new to the receiver and are forwarded on its tree.
+//! - **Retention**: payloads are kept [`GossipConfig::retention`]; ids are remembered twice as
+//!   long so an expired message is never delivered again. The store is capped at
+//!   [`GossipConfig::max_store`] entries (oldest evicted first).
+//!
+//! The eager set is what the data plane forwards to: [`Plumtree::eager_peers`] plus
+//! [`Plumtree::eager_version`], bumped on every change, for the driver's lock-free snapshot.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::{Rng, RngCore};
+
+use crate::id::{MsgId, NodeId};
+use crate::time::{Duration, Instant, scale};
+use crate::views::Outbox;
+use crate::wire::{DIGEST_BUCKETS, MAX_IDS, Message};
+
+/// Plumtree and anti-entropy settings.
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// Wait after the first `IHave` for an unknown id before grafting. Default 500 ms: above
+    /// the usual gap between the eager and the lazy arrival, or the tree churns.
+    pub ihave_timeout: Duration,
+    /// Wait between grafts to successive announcers. Default 250 ms.
+    pub graft_timeout: Duration,
+    /// Batching delay for `IHave`. Default 20 ms.
+    pub lazy_flush: Duration,
+    /// Anti-entropy period (jittered +-25%). Default 5 s.
+    pub anti_entropy_interval: Duration,
+    /// How long payloads are retained for repair and anti-entropy. Default 10 min.
+    pub retention: Duration,
+    /// Most retained messages (ids included). Default 8192. Memory: ~payload + 80 bytes each.
+    pub max_store: usize,
+    /// Most ids awaiting a graft. Default 1024.
+    pub max_missing: usize,
+    /// Most `SyncIds` pages sent in answer to one digest or id list (amplification cap).
+    /// Default 8.
+    pub max_sync_pages: usize,
+    /// Tree optimisation (Plumtree section 3.8): when an `IHave` shows a path at least this
+    /// many hops shorter than the eager parent's, graft the announcer and prune the parent.
+    /// Default 3; 0 disables.
+    pub optimize_threshold: u16,
+    /// Hops near the origin that push the payload to *all* active peers (eager and lazy)
+    /// instead of only along the tree. Duplicates from this zone neither prune nor graft, so
+    /// the tree is untouched; the message enters the shared tree at ~`active^flood_rounds`
+    /// points at once, which bounds the hop count for every origin (a single shared tree's
+    /// depth from an arbitrary origin is up to twice its radius). Cost: about
+    /// `active^flood_rounds / n` extra payloads per node. Default 0 (plain Plumtree):
+    /// **experimental** — in the simulator it did not lower the maximum hop count, because
+    /// the tail comes from graft repairs, not from tree depth.
+    pub flood_rounds: u16,
+    /// Deep-flood threshold: a node that got a message at this hop count or later pushes it to
+    /// *all* active peers. Bounds the tail of the shared tree (a message that has travelled
+    /// this far floods the rest at BFS speed, ~2-3 more hops) at the cost of ~active payloads
+    /// per deep node; flood duplicates neither prune nor graft. Default 0 (off):
+    /// **experimental** — with `ceil(log2 n)` it raised payload cost to 1.1-2.5 per node and
+    /// did not bring the maximum hop count under `log2(n) + 3` in the simulator.
+    pub deep_flood_round: u16,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            ihave_timeout: Duration::from_millis(500),
+            graft_timeout: Duration::from_millis(250),
+            lazy_flush: Duration::from_millis(20),
+            anti_entropy_interval: Duration::from_secs(5),
+            retention: Duration::from_secs(600),
+            max_store: 8192,
+            max_missing: 1024,
+            max_sync_pages: 8,
+            optimize_threshold: 3,
+            flood_rounds: 0,
+            deep_flood_round: 0,
+        }
+    }
+}
+
+/// A first delivery of a broadcast at this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Message id.
+    pub id: MsgId,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Hops from the origin (0 at the origin).
+    pub round: u16,
+    /// The neighbour it came from (`None` at the origin).
+    pub from: Option<NodeId>,
+}
+
+/// Counters (monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GossipStats {
+    /// `Gossip` messages sent (payload transmissions, including repairs).
+    pub payload_sent: u64,
+    /// Payloads received that were already known.
+    pub duplicates: u64,
+    /// `Graft`s sent.
+    pub grafts: u64,
+    /// `Prune`s sent.
+    pub prunes: u64,
+    /// Messages first received through anti-entropy or graft repair.
+    pub repaired: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Stored {
+    payload: Option<Vec<u8>>,
+    round: u16,
+    at: Instant,
+    parent: Option<NodeId>,
+}
+
+#[derive(Clone, Debug)]
+struct Missing {
+    announcers: VecDeque<NodeId>,
+    deadline: Instant,
+    grafted: bool,
+}
+
+/// The dissemination core.
+#[derive(Clone, Debug)]
+pub struct Plumtree {
+    cfg: GossipConfig,
+    eager: Vec<NodeId>,
+    lazy: Vec<NodeId>,
+    version: u64,
+    store: BTreeMap<MsgId, Stored>,
+    missing: BTreeMap<MsgId, Missing>,
+    lazy_queue: BTreeMap<NodeId, Vec<(MsgId, u16)>>,
+    flush_at: Option<Instant>,
+    next_ae: Instant,
+    next_expire: Instant,
+    stats: GossipStats,
+}
+
+fn bucket(id: &MsgId) -> usize {
+    id.0[0] as usize % DIGEST_BUCKETS
+}
+
+fn fingerprint(id: &MsgId) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0[8..16]);
+    u64::from_le_bytes(b)
+}
+
+impl Plumtree {
+    /// An empty core; the first anti-entropy round is due one interval after `now`.
+    pub fn new(cfg: GossipConfig, now: Instant) -> Self {
+        let next_ae = now + cfg.anti_entropy_interval;
+        let next_expire = now + cfg.retention / 8;
+        Plumtree {
+            cfg,
+            eager: Vec::new(),
+            lazy: Vec::new(),
+            version: 0,
+            store: BTreeMap::new(),
+            missing: BTreeMap::new(),
+            lazy_queue: BTreeMap::new(),
+            flush_at: None,
+            next_ae,
+            next_expire,
+            stats: GossipStats::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GossipConfig {
+        &self.cfg
+    }
+
+    /// Peers a new payload is pushed to in full (the data plane's forwarding set).
+    pub fn eager_peers(&self) -> &[NodeId] {
+        &self.eager
+    }
+
+    /// Peers that only get ids.
+    pub fn lazy_peers(&self) -> &[NodeId] {
+        &self.lazy
+    }
+
+    /// Bumped on every change of [`Plumtree::eager_peers`].
+    pub fn eager_version(&self) -> u64 {
+        self.version
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> GossipStats {
+        self.stats
+    }
+
+    /// Whether the id is known (retained or remembered as seen).
+    pub fn has_seen(&self, id: &MsgId) -> bool {
+        self.store.contains_key(id)
+    }
+
+    /// Retained messages (with payload).
+    pub fn retained(&self) -> usize {
+        self.store.values().filter(|s| s.payload.is_some()).count()
+    }
+
+    /// Earliest deadline: `IHave` flush, graft timers, anti-entropy, expiry.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_ae.min(self.next_expire);
+        if let Some(f) = self.flush_at {
+            t = t.min(f);
+        }
+        for m in self.missing.values() {
+            t = t.min(m.deadline);
+        }
+        t
+    }
+
+    /// A new active neighbour starts eager.
+    pub fn neighbor_up(&mut self, p: NodeId) {
+        if !self.eager.contains(&p) && !self.lazy.contains(&p) {
+            self.eager.push(p);
+            self.version += 1;
+        }
+    }
+
+    /// A neighbour left the active view.
+    pub fn neighbor_down(&mut self, p: &NodeId) {
+        if let Some(i) = self.eager.iter().position(|x| x == p) {
+            self.eager.remove(i);
+            self.version += 1;
+        }
+        self.lazy.retain(|x| x != p);
+        self.lazy_queue.remove(p);
+        for m in self.missing.values_mut() {
+            m.announcers.retain(|x| x != p);
+        }
+    }
+
+    fn make_eager(&mut self, p: NodeId) {
+        if let Some(i) = self.lazy.iter().position(|x| *x == p) {
+            self.lazy.remove(i);
+            self.eager.push(p);
+            self.version += 1;
+        }
+    }
+
+    fn make_lazy(&mut self, p: NodeId) -> bool {
+        if let Some(i) = self.eager.iter().position(|x| *x == p) {
+            self.eager.remove(i);
+            self.lazy.push(p);
+            self.version += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn insert(
+        &mut self,
+        now: Instant,
+        id: MsgId,
+        round: u16,
+        payload: Vec<u8>,
+        parent: Option<NodeId>,
+    ) {
+        if self.store.len() >= self.cfg.max_store
+            && let Some(oldest) = self
+                .store
+                .iter()
+                .min_by_key(|(k, s)| (s.at, **k))
+                .map(|(k, _)| *k)
+        {
+            self.store.remove(&oldest);
+        }
+        self.store.insert(
+            id,
+            Stored {
+                payload: Some(payload),
+                round,
+                at: now,
+                parent,
+            },
+        );
+        self.missing.remove(&id);
+    }
+
+    /// Whether a copy sent at hop count `round` is a flood copy (not a tree push).
+    fn is_flood(&self, round: u16) -> bool {
+        round < self.cfg.flood_rounds
+            || (self.cfg.deep_flood_round > 0 && round >= self.cfg.deep_flood_round)
+    }
+
+    fn push(
+        &mut self,
+        now: Instant,
+        id: MsgId,
+        round: u16,
+        payload: &[u8],
+        except: Option<NodeId>,
+        out: &mut Outbox,
+    ) {
+        let flood = self.is_flood(round);
+        for p in self
+            .eager
+            .iter()
+            .chain(if flood { &self.lazy[..] } else { &[] })
+        {
+            if Some(*p) != except {
+                out.push_back((
+                    *p,
+                    Message::Gossip {
+                        id,
+                        round,
+                        payload: payload.to_vec(),
+                    },
+                ));
+                self.stats.payload_sent += 1;
+            }
+        }
+        for p in &self.lazy {
+            if Some(*p) != except && !flood {
+                self.lazy_queue.entry(*p).or_default().push((id, round));
+            }
+        }
+        if !self.lazy_queue.is_empty() && self.flush_at.is_none() {
+            self.flush_at = Some(now + self.cfg.lazy_flush);
+        }
+    }
+
+    /// Publishes a local message. Returns `None` if the id was already known.
+    pub fn broadcast(
+        &mut self,
+        now: Instant,
+        id: MsgId,
+        payload: Vec<u8>,
+        out: &mut Outbox,
+    ) -> Option<Delivery> {
+        if self.store.contains_key(&id) {
+            return None;
+        }
+        self.push(now, id, 0, &payload, None, out);
+        self.insert(now, id, 0, payload.clone(), None);
+        Some(Delivery {
+            id,
+            payload,
+            round: 0,
+            from: None,
+        })
+    }
+
+    /// A `Gossip` from `from` (an active neighbour iff `from_active`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_gossip(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        from_active: bool,
+        id: MsgId,
+        round: u16,
+        payload: Vec<u8>,
+        out: &mut Outbox,
+    ) -> Option<Delivery> {
+        let from_flood = self.is_flood(round);
+        if let Some(s) = self.store.get(&id) {
+            self.stats.duplicates += 1;
+            // duplicates caused by a flood zone say nothing about tree cycles
+            let in_flood = from_flood || s.round <= self.cfg.flood_rounds || self.is_flood(s.round);
+            if !in_flood && self.make_lazy(from) {
+                out.push_back((from, Message::Prune));
+                self.stats.prunes += 1;
+            }
+            return None;
+        }
+        if self.missing.get(&id).is_some_and(|m| m.grafted) {
+            self.stats.repaired += 1;
+        }
+        let round = round.saturating_add(1);
+        if from_active && !from_flood {
+            self.make_eager(from);
+        }
+        self.push(now, id, round, &payload, Some(from), out);
+        self.insert(now, id, round, payload.clone(), Some(from));
+        Some(Delivery {
+            id,
+            payload,
+            round,
+            from: Some(from),
+        })
+    }
+
+    /// An `IHave` from `from` (an active neighbour iff `from_active`).
+    pub fn on_ihave(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        from_active: bool,
+        ids: &[(MsgId, u16)],
+        out: &mut Outbox,
+    ) {
+        for (id, r) in ids {
+            if let Some(s) = self.store.get_mut(id) {
+                // tree optimisation: a clearly shorter path through `from`
+                let t = self.cfg.optimize_threshold;
+                let mut switch_from = None;
+                if t > 0
+                    && from_active
+                    && let Some(parent) = s.parent
+                    && parent != from
+                    && r.saturating_add(1).saturating_add(t) <= s.round
+                    && self.eager.contains(&parent)
+                {
+                    s.parent = Some(from);
+                    s.round = r.saturating_add(1);
+                    switch_from = Some(parent);
+                }
+                if let Some(parent) = switch_from {
+                    out.push_back((from, Message::Graft { ids: Vec::new() }));
+                    out.push_back((parent, Message::Prune));
+                    self.stats.prunes += 1;
+                    self.make_eager(from);
+                    self.make_lazy(parent);
+                }
+                continue;
+            }
+            if let Some(m) = self.missing.get_mut(id) {
+                if !m.announcers.contains(&from) && m.announcers.len() < 8 {
+                    m.announcers.push_back(from);
+                }
+            } else if self.missing.len() < self.cfg.max_missing {
+                let announcers = VecDeque::from([from]);
+                self.missing.insert(
+                    *id,
+                    Missing {
+                        announcers,
+                        deadline: now + self.cfg.ihave_timeout,
+                        grafted: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A `Graft` from `from`: make the link eager and send what we have.
+    pub fn on_graft(&mut self, from: NodeId, from_active: bool, ids: &[MsgId], out: &mut Outbox) {
+        if from_active {
+            self.make_eager(from);
+        }
+        self.send_payloads(from, ids, out);
+    }
+
+    /// A `Prune` from `from`: make the link lazy.
+    pub fn on_prune(&mut self, from: NodeId) {
+        self.make_lazy(from);
+    }
+
+    fn send_payloads(&mut self, to: NodeId, ids: &[MsgId], out: &mut Outbox) {
+        for id in ids.iter().take(MAX_IDS) {
+            if let Some(Stored {
+                payload: Some(p),
+                round,
+                ..
+            }) = self.store.get(id)
+            {
+                out.push_back((
+                    to,
+                    Message::Gossip {
+                        id: *id,
+                        round: *round,
+                        payload: p.clone(),
+                    },
+                ));
+                self.stats.payload_sent += 1;
+            }
+        }
+    }
+
+    /// The anti-entropy fingerprints of the retained ids.
+    pub fn digest(&self) -> Vec<u64> {
+        let mut h = vec![0u64; DIGEST_BUCKETS];
+        for (id, s) in &self.store {
+            if s.payload.is_some() {
+                h[bucket(id)] ^= fingerprint(id);
+            }
+        }
+        h
+    }
+
+    fn ids_in_bucket(&self, b: usize, skip: &[MsgId]) -> Vec<MsgId> {
+        self.store
+            .iter()
+            .filter(|(id, s)| s.payload.is_some() && bucket(id) == b && !skip.contains(id))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn send_pages(
+        &self,
+        to: NodeId,
+        b: usize,
+        reply: bool,
+        ids: Vec<MsgId>,
+        budget: &mut usize,
+        out: &mut Outbox,
+    ) {
+        if ids.is_empty() && !reply && *budget > 0 {
+            *budget -= 1;
+            out.push_back((
+                to,
+                Message::SyncIds {
+                    bucket: b as u8,
+                    reply,
+                    ids,
+                },
+            ));
+            return;
+        }
+        for page in ids.chunks(MAX_IDS) {
+            if *budget == 0 {
+                return;
+            }
+            *budget -= 1;
+            out.push_back((
+                to,
+                Message::SyncIds {
+                    bucket: b as u8,
+                    reply,
+                    ids: page.to_vec(),
+                },
+            ));
+        }
+    }
+
+    /// Whether an anti-entropy round is due; if so the next one is scheduled and the caller
+    /// should send [`Plumtree::digest`] to a random active peer.
+    pub fn anti_entropy_due<R: RngCore>(&mut self, now: Instant, rng: &mut R) -> bool {
+        if self.next_ae > now {
+            return false;
+        }
+        self.next_ae = now
+            + scale(
+                self.cfg.anti_entropy_interval,
+                rng.random_range(75..=125),
+                100,
+            );
+        true
+    }
+
+    /// A `SyncDigest` from `from`: list our ids in every bucket that differs.
+    pub fn on_sync_digest(&mut self, from: NodeId, hashes: &[u64], out: &mut Outbox) {
+        let mine = self.digest();
+        let mut budget = self.cfg.max_sync_pages;
+        for (b, h) in mine.iter().enumerate() {
+            if hashes.get(b) != Some(h) {
+                let ids = self.ids_in_bucket(b, &[]);
+                self.send_pages(from, b, false, ids, &mut budget, out);
+            }
+        }
+    }
+
+    /// A `SyncIds` from `from`: pull what we lack; unless it is a reply, answer with our extras.
+    pub fn on_sync_ids(
+        &mut self,
+        from: NodeId,
+        b: u8,
+        reply: bool,
+        ids: &[MsgId],
+        out: &mut Outbox,
+    ) {
+        let lacking: Vec<MsgId> = ids
+            .iter()
+            .filter(|id| !self.store.contains_key(id))
+            .copied()
+            .collect();
+        if !lacking.is_empty() {
+            out.push_back((from, Message::Pull { ids: lacking }));
+        }
+        if !reply {
+            let extra = self.ids_in_bucket(b as usize, ids);
+            let mut budget = self.cfg.max_sync_pages;
+            if !extra.is_empty() {
+                self.send_pages(from, b as usize, true, extra, &mut budget, out);
+            }
+        }
+    }
+
+    /// A `Pull` from `from`: send the payloads we retain.
+    pub fn on_pull(&mut self, from: NodeId, ids: &[MsgId], out: &mut Outbox) {
+        self.send_payloads(from, ids, out);
+    }
+
+    /// Timer work: flush `IHave`s, graft missing ids, expire old messages.
+    pub fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        if self.flush_at.is_some_and(|f| f <= now) {
+            self.flush_at = None;
+            for (p, ids) in std::mem::take(&mut self.lazy_queue) {
+                for page in ids.chunks(MAX_IDS) {
+                    out.push_back((p, Message::IHave { ids: page.to_vec() }));
+                }
+            }
+        }
+        let due: Vec<MsgId> = self
+            .missing
+            .iter()
+            .filter(|(_, m)| m.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in due {
+            let Some(m) = self.missing.get_mut(&id) else {
+                continue;
+            };
+            match m.announcers.pop_front() {
+                Some(a) => {
+                    m.deadline = now + self.cfg.graft_timeout;
+                    m.grafted = true;
+                    out.push_back((a, Message::Graft { ids: vec![id] }));
+                    self.stats.grafts += 1;
+                    self.make_eager(a);
+                }
+                None => {
+                    // nobody left to ask: anti-entropy will find it
+                    self.missing.remove(&id);
+                }
+            }
+        }
+        if self.next_expire <= now {
+            self.next_expire = now + (self.cfg.retention / 8).max(Duration::from_millis(100));
+            let keep = self.cfg.retention;
+            self.store
+                .retain(|_, s| now.saturating_since(s.at) < keep * 2);
+            for s in self.store.values_mut() {
+                if now.saturating_since(s.at) >= keep {
+                    s.payload = None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(b: u8) -> NodeId {
+        NodeId([b; 32])
+    }
+    fn m(b: u8) -> MsgId {
+        MsgId([b; 32])
+    }
+
+    #[test]
+    fn a_duplicate_on_an_eager_link_prunes_it() {
+        let mut p = Plumtree::new(
+            GossipConfig {
+                flood_rounds: 0,
+                ..Default::default()
+            },
+            Instant::ZERO,
+        );
+        let mut out = Outbox::new();
+        p.neighbor_up(n(1));
+        p.neighbor_up(n(2));
+        let d = p.on_gossip(Instant::ZERO, n(1), true, m(5), 0, vec![1], &mut out);
+        assert_eq!(d.map(|d| d.round), Some(1));
+        assert!(
+            matches!(out.pop_front(), Some((to, Message::Gossip { round: 1, .. })) if to == n(2))
+        );
+        assert!(
+            p.on_gossip(Instant::ZERO, n(2), true, m(5), 0, vec![1], &mut out)
+                .is_none()
+        );
+        assert!(matches!(out.pop_front(), Some((to, Message::Prune)) if to == n(2)));
+        assert_eq!(p.eager_peers(), &[n(1)]);
+        assert_eq!(p.lazy_peers(), &[n(2)]);
+    }
+
+    #[test]
+    fn an_unanswered_ihave_is_grafted_after_the_timeout() {
+        let mut p = Plumtree::new(GossipConfig::default(), Instant::ZERO);
+        let mut out = Outbox::new();
+        p.neighbor_up(n(1));
+        p.on_prune(n(1));
+        p.on_ihave(Instant::ZERO, n(1), true, &[(m(7), 0)], &mut out);
+        let t = p.poll_timeout();
+        assert_eq!(t, Instant::ZERO + Duration::from_millis(500));
+        p.on_timeout(t, &mut out);
+        assert!(matches!(out.pop_front(), Some((to, Message::Graft { .. })) if to == n(1)));
+        assert_eq!(p.eager_peers(), &[n(1)], "graft makes the link eager again");
+    }
+
+    #[test]
+    fn anti_entropy_exchanges_missing_messages_both_ways() {
+        let t = Instant::ZERO;
+        let mut a = Plumtree::new(GossipConfig::default(), t);
+        let mut b = Plumtree::new(GossipConfig::default(), t);
+        let mut out = Outbox::new();
+        a.broadcast(t, m(1), vec![1], &mut out);
+        a.broadcast(t, m(2), vec![2], &mut out);
+        b.broadcast(t, m(3), vec![3], &mut out);
+        out.clear();
+        // a -> b digest, then run the exchange to quiet
+        let mut q: VecDeque<(NodeId, NodeId, Message)> =
+            VecDeque::from([(n(1), n(2), Message::SyncDigest { hashes: a.digest() })]);
+        let mut delivered = 0;
+        while let Some((from, to, msg)) = q.pop_front() {
+            let node = if to == n(1) { &mut a } else { &mut b };
+            match msg {
+                Message::SyncDigest { hashes } => node.on_sync_digest(from, &hashes, &mut out),
+                Message::SyncIds { bucket, reply, ids } => {
+                    node.on_sync_ids(from, bucket, reply, &ids, &mut out)
+                }
+                Message::Pull { ids } => node.on_pull(from, &ids, &mut out),
+                Message::Gossip { id, round, payload } => {
+                    delivered += node
+                        .on_gossip(t, from, false, id, round, payload, &mut out)
+                        .is_some() as u32
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            for (dst, msg) in out.drain(..) {
+                q.push_back((to, dst, msg));
+            }
+        }
+        assert_eq!(delivered, 3);
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn expired_messages_are_not_served_and_not_redelivered() {
+        let cfg = GossipConfig {
+            retention: Duration::from_secs(8),
+            ..Default::default()
+        };
+        let mut p = Plumtree::new(cfg, Instant::ZERO);
+        let mut out = Outbox::new();
+        p.broadcast(Instant::ZERO, m(1), vec![1], &mut out);
+        let later = Instant::ZERO + Duration::from_secs(9);
+        p.on_timeout(later, &mut out);
+        assert_eq!(p.retained(), 0);
+        assert!(
+            p.on_gossip(later, n(1), false, m(1), 0, vec![1], &mut out)
+                .is_none()
+        );
+        p.on_pull(n(1), &[m(1)], &mut out);
+        assert!(!out.iter().any(|(_, m)| m.is_payload()));
+    }
+}

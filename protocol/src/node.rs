@@ -1,0 +1,1335 @@
+//! The composed node core: membership + views + Plumtree + anti-entropy + partition healing +
+//! topology, behind one pull-style sans-IO interface. This is what the tokio driver and the
+//! simulator run.
+
+use std::collections::VecDeque;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, RngCore};
+
+use crate::gossip::{Delivery, GossipConfig, GossipStats, Plumtree};
+use crate::heal::{
+    MemberState, PartitionConfig, PartitionDetector, PartitionStatus, Reachability, Status,
+};
+use crate::id::{MsgId, NodeId};
+use crate::membership::{
+    Applied, MemberTable, Probe, Relay, Suspicion, Swim, SwimConfig, SwimStats, jittered,
+};
+use crate::time::{Duration, Instant};
+use crate::topology::{TopologyConfig, near_count, pick_candidate, rebalance};
+use crate::views::{Outbox, ViewConfig, ViewDelta, Views};
+use crate::wire::{DecodeError, MAX_PAYLOAD, MemberUpdate, Message};
+
+/// Settings of the composed node. Start from [`NodeConfig::for_size`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Failure detection.
+    pub swim: SwimConfig,
+    /// Partial views.
+    pub views: ViewConfig,
+    /// Dissemination and anti-entropy.
+    pub gossip: GossipConfig,
+    /// Latency-aware peer choice.
+    pub topology: TopologyConfig,
+    /// Partition detection.
+    pub partition: PartitionConfig,
+    /// Most members remembered (views, recently heard, departed). Default 224 at any size
+    /// (fits a 256-bucket hash table: ~17 KiB per node when full; 1.7 GB at 100k simulated
+    /// nodes). Must exceed active + passive (+ departed members kept for healing).
+    pub member_capacity: usize,
+    /// Expected mesh size, used for `log n` scalings until the member table knows better.
+    pub size_hint: u64,
+    /// Heal-probe period while connected: ping a few departed members and seeds. Default 10 s.
+    pub heal_interval: Duration,
+    /// Heal-probe period while partitioned or isolated. Default 2 s.
+    pub heal_interval_partitioned: Duration,
+    /// Departed members pinged per heal tick (twice as many while boosted). Default 2.
+    pub heal_probes: usize,
+    /// After a departed member comes back (a heal is under way), heal probes run at the
+    /// partitioned period with twice the probes, and suspects are re-probed 4x as often, for
+    /// this long. Default 60 s.
+    pub heal_boost: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a mesh of about `n` nodes (view sizes `log2 n + 1`, 6x passive).
+    pub fn for_size(n: u64) -> Self {
+        let views = ViewConfig::for_size(n);
+        let topology = TopologyConfig {
+            near_slots: views.active_size / 2,
+            ..TopologyConfig::default()
+        };
+        NodeConfig {
+            member_capacity: 224.max(views.active_size + views.passive_size + 32),
+            views,
+            topology,
+            swim: SwimConfig::default(),
+            gossip: GossipConfig::default(),
+            partition: PartitionConfig::default(),
+            size_hint: n,
+            heal_interval: Duration::from_secs(10),
+            heal_interval_partitioned: Duration::from_secs(2),
+            heal_probes: 2,
+            heal_boost: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig::for_size(1000)
+    }
+}
+
+/// Inputs from the local side (driver, agents, operator).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Join the mesh through `contact` (retried through the passive view or the contact until
+    /// a `JoinAck` arrives). The contact is also remembered as a seed.
+    Join(NodeId),
+    /// Bootstrap seeds: probed when isolated or partitioned, so a cut-off node finds its way
+    /// back without manual re-join. At most 32 are kept.
+    AddSeeds(Vec<NodeId>),
+    /// Publish a local message (`id` is the driver's hash of the signed message).
+    Broadcast {
+        /// Message id.
+        id: MsgId,
+        /// Payload, at most [`MAX_PAYLOAD`] bytes.
+        payload: Vec<u8>,
+    },
+    /// Leave gracefully: tell the active neighbours, then go inert.
+    Leave,
+}
+
+/// Why a [`Command`] was refused. No state was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The payload exceeds [`MAX_PAYLOAD`].
+    #[error("payload of {0} bytes over the limit")]
+    PayloadTooLarge(usize),
+    /// The id was already published or received.
+    #[error("duplicate message id")]
+    Duplicate,
+    /// The node has left.
+    #[error("node has left")]
+    Left,
+}
+
+/// Outputs for the driver, in order of occurrence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// First delivery of a broadcast here (also emitted at the origin, with round 0).
+    Delivered(Delivery),
+    /// What this node believes about a member changed.
+    MemberChanged {
+        /// The member.
+        node: NodeId,
+        /// Its new state.
+        state: MemberState,
+    },
+    /// A node became an active neighbour.
+    NeighborUp(NodeId),
+    /// A node stopped being an active neighbour.
+    NeighborDown(NodeId),
+    /// The eager set changed; republish [`Node::eager_peers`] to the data plane.
+    EagerChanged {
+        /// The new [`Node::eager_version`].
+        version: u64,
+    },
+    /// The partition verdict changed (metric, log line, `meshctl status`).
+    Partition(PartitionStatus),
+    /// This node refuted a suspicion about itself and now has `incarnation`.
+    Refuted {
+        /// The new incarnation.
+        incarnation: u64,
+    },
+}
+
+/// Counters (monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Failure detector.
+    pub swim: SwimStats,
+    /// Dissemination.
+    pub gossip: GossipStats,
+    /// Messages handled.
+    pub received: u64,
+    /// Datagrams that failed to decode (dropped, no state change).
+    pub decode_errors: u64,
+}
+
+/// A snapshot for `meshctl status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Own incarnation.
+    pub incarnation: u64,
+    /// Lifeguard local health multiplier.
+    pub lhm: u32,
+    /// Active-view size.
+    pub active: usize,
+    /// Passive-view size.
+    pub passive: usize,
+    /// Member-table size.
+    pub members: usize,
+    /// Partition verdict.
+    pub partition: PartitionStatus,
+    /// Eager-set version.
+    pub eager_version: u64,
+    /// Retained messages.
+    pub retained: usize,
+}
+
+/// The composed sans-IO node.
+///
+/// Driver contract (quinn style): feed every input (`handle_message`/`handle_datagram`,
+/// `handle_timeout` when [`Node::poll_timeout`] is reached, `handle_command`), then drain
+/// [`Node::poll_transmit`] and [`Node::poll_event`] until `None`, then re-arm the timer from
+/// [`Node::poll_timeout`]. Nothing inside reads a clock, opens a socket or spawns a task.
+pub struct Node<R: RngCore> {
+    cfg: NodeConfig,
+    me: NodeId,
+    rng: R,
+    members: MemberTable,
+    swim: Swim,
+    views: Views,
+    gossip: Plumtree,
+    detector: PartitionDetector,
+    seeds: Vec<NodeId>,
+    next_heal: Instant,
+    heal_boost_until: Instant,
+    next_rebalance: Instant,
+    out: Outbox,
+    events: VecDeque<Event>,
+    last_eager_version: u64,
+    left: bool,
+    received: u64,
+    decode_errors: u64,
+}
+
+impl<R: RngCore> Node<R> {
+    /// A fresh node `me` at `incarnation` (a restarted node may pass 0: it refutes any older
+    /// claim about itself when it hears one). Call [`Node::handle_command`] with
+    /// [`Command::Join`] to enter a mesh (the first node of a mesh needs no join).
+    pub fn new(cfg: NodeConfig, me: NodeId, incarnation: u64, now: Instant, mut rng: R) -> Self {
+        let swim = Swim::new(
+            cfg.swim.clone(),
+            incarnation,
+            now + jittered(cfg.swim.probe_interval, 50, &mut rng) - cfg.swim.probe_interval / 2,
+        );
+        let views = Views::new(cfg.views.clone(), me, now);
+        let gossip = Plumtree::new(
+            cfg.gossip.clone(),
+            now + jittered(cfg.gossip.anti_entropy_interval, 50, &mut rng)
+                - cfg.gossip.anti_entropy_interval,
+        );
+        Node {
+            members: MemberTable::new(cfg.member_capacity, rng.next_u64()),
+            detector: PartitionDetector::new(cfg.partition.clone()),
+            next_heal: now + jittered(cfg.heal_interval, 50, &mut rng),
+            heal_boost_until: Instant::ZERO,
+            next_rebalance: now + jittered(cfg.topology.rebalance_interval, 50, &mut rng),
+            swim,
+            views,
+            gossip,
+            cfg,
+            me,
+            rng,
+            seeds: Vec::new(),
+            out: Outbox::new(),
+            events: VecDeque::new(),
+            last_eager_version: 0,
+            left: false,
+            received: 0,
+            decode_errors: 0,
+        }
+    }
+
+    // ----- queries --------------------------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// The data plane's forwarding set: active neighbours that get new payloads in full.
+    /// Changes are announced by [`Event::EagerChanged`]; see [`Node::eager_version`].
+    pub fn eager_peers(&self) -> &[NodeId] {
+        self.gossip.eager_peers()
+    }
+
+    /// Bumped whenever [`Node::eager_peers`] changes (for the driver's arc-swap snapshot).
+    pub fn eager_version(&self) -> u64 {
+        self.gossip.eager_version()
+    }
+
+    /// Active neighbours.
+    pub fn active_view(&self) -> &[NodeId] {
+        self.views.active()
+    }
+
+    /// Passive reservoir.
+    pub fn passive_view(&self) -> &[NodeId] {
+        self.views.passive()
+    }
+
+    /// What this node believes about `n`.
+    pub fn member(&self, n: &NodeId) -> Option<MemberState> {
+        self.members.get(n).map(|e| e.state)
+    }
+
+    /// The bounded member table.
+    pub fn members(&self) -> &MemberTable {
+        &self.members
+    }
+
+    /// Smoothed RTT to `n` in microseconds, if measured.
+    pub fn rtt_us(&self, n: &NodeId) -> Option<u32> {
+        self.members.get(n).and_then(|e| e.rtt_us)
+    }
+
+    /// Current incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.swim.incarnation
+    }
+
+    /// The last partition verdict.
+    pub fn partition_status(&self) -> PartitionStatus {
+        self.detector.status()
+    }
+
+    /// Whether message `id` is known here.
+    pub fn has_message(&self, id: &MsgId) -> bool {
+        self.gossip.has_seen(id)
+    }
+
+    /// Whether the node has left.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            swim: self.swim.stats(),
+            gossip: self.gossip.stats(),
+            received: self.received,
+            decode_errors: self.decode_errors,
+        }
+    }
+
+    /// Snapshot for `meshctl status`.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            incarnation: self.swim.incarnation,
+            lhm: self.swim.lhm(),
+            active: self.views.active().len(),
+            passive: self.views.passive().len(),
+            members: self.members.len(),
+            partition: self.detector.status(),
+            eager_version: self.gossip.eager_version(),
+            retained: self.gossip.retained(),
+        }
+    }
+
+    // ----- outputs --------------------------------------------------------------------------
+
+    /// Next message to send. Changes after any `handle_*` call; drain until `None` after each.
+    pub fn poll_transmit(&mut self) -> Option<(NodeId, Message)> {
+        self.out.pop_front()
+    }
+
+    /// Next event. Changes after any `handle_*` call; drain until `None` after each.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should next be called (`None` after leaving). Any
+    /// `handle_*` call can move it earlier or later; calling `handle_timeout` early or twice is a
+    /// harmless no-op.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.left {
+            return None;
+        }
+        let t = self
+            .swim
+            .poll_timeout()
+            .min(self.views.poll_timeout())
+            .min(self.gossip.poll_timeout());
+        Some(t.min(self.next_heal).min(self.next_rebalance))
+    }
+
+    // ----- inputs ---------------------------------------------------------------------------
+
+    /// Decodes and handles a datagram from `from` (whose identity the driver authenticated).
+    /// Undecodable input is counted and dropped without changing protocol state.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        bytes: &[u8],
+    ) -> Result<(), DecodeError> {
+        match Message::decode(bytes) {
+            Ok(m) => {
+                self.handle_message(now, from, m);
+                Ok(())
+            }
+            Err(e) => {
+                self.decode_errors += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Handles a message from `from`.
+    pub fn handle_message(&mut self, now: Instant, from: NodeId, msg: Message) {
+        if self.left || from == self.me {
+            return;
+        }
+        self.received += 1;
+        let mut out = std::mem::take(&mut self.out);
+        match msg {
+            Message::Ping { seq, updates } => {
+                self.apply_updates(now, from, &updates);
+                let updates = self.piggyback_for(&from);
+                out.push_back((from, Message::Ack { seq, updates }));
+            }
+            Message::Ack { seq, updates } => {
+                self.apply_updates(now, from, &updates);
+                self.on_ack(now, from, seq, &mut out);
+            }
+            Message::PingReq {
+                seq,
+                target,
+                updates,
+            } => {
+                self.apply_updates(now, from, &updates);
+                if target == self.me {
+                    let updates = self.piggyback_for(&from);
+                    out.push_back((from, Message::Ack { seq, updates }));
+                } else if self.swim.relays.len() < 32 {
+                    let my_seq = self.swim.next_seq();
+                    let deadline = now + self.swim.timeout() * 2;
+                    self.swim.relays.push(Relay {
+                        seq: my_seq,
+                        target,
+                        origin: from,
+                        origin_seq: seq,
+                        deadline,
+                    });
+                    let updates = self.piggyback_for(&target);
+                    out.push_back((
+                        target,
+                        Message::Ping {
+                            seq: my_seq,
+                            updates,
+                        },
+                    ));
+                }
+            }
+            Message::Join => {
+                self.ensure_member(now, from);
+                self.hint_if_not_alive(from, &mut out);
+                self.views.on_join(from, &mut out, &mut self.rng);
+            }
+            Message::ForwardJoin { joiner, ttl } => {
+                self.views
+                    .on_forward_join(from, joiner, ttl, &mut out, &mut self.rng)
+            }
+            Message::JoinAck { nodes } => {
+                let nodes = self.usable(nodes);
+                self.views
+                    .on_join_ack(from, &nodes, &mut out, &mut self.rng);
+            }
+            Message::Neighbor { high_priority } => {
+                self.hint_if_not_alive(from, &mut out);
+                self.views
+                    .on_neighbor(from, high_priority, &mut out, &mut self.rng);
+            }
+            Message::NeighborReply { accepted } => {
+                self.views
+                    .on_neighbor_reply(from, accepted, &mut out, &mut self.rng)
+            }
+            Message::Disconnect { leaving } => {
+                self.views.on_disconnect(from, leaving, &mut self.rng);
+                if leaving {
+                    let inc = self.members.get(&from).map_or(0, |e| e.state.incarnation);
+                    self.apply_one(
+                        now,
+                        None,
+                        MemberUpdate {
+                            node: from,
+                            state: MemberState {
+                                incarnation: inc,
+                                status: Status::Left,
+                            },
+                        },
+                    );
+                }
+            }
+            Message::Shuffle { origin, ttl, nodes } => {
+                let nodes = self.usable(nodes);
+                self.views
+                    .on_shuffle(from, origin, ttl, nodes, &mut out, &mut self.rng);
+            }
+            Message::ShuffleReply { nodes } => {
+                let nodes = self.usable(nodes);
+                self.views.on_shuffle_reply(&nodes, &mut self.rng);
+            }
+            Message::Gossip { id, round, payload } => {
+                if payload.len() <= MAX_PAYLOAD {
+                    let active = self.views.is_active(&from);
+                    if let Some(d) = self
+                        .gossip
+                        .on_gossip(now, from, active, id, round, payload, &mut out)
+                    {
+                        self.events.push_back(Event::Delivered(d));
+                    }
+                }
+            }
+            Message::IHave { ids } => {
+                let active = self.views.is_active(&from);
+                self.gossip.on_ihave(now, from, active, &ids, &mut out);
+            }
+            Message::Graft { ids } => {
+                let active = self.views.is_active(&from);
+                self.gossip.on_graft(from, active, &ids, &mut out);
+            }
+            Message::Prune => self.gossip.on_prune(from),
+            Message::SyncDigest { hashes } => self.gossip.on_sync_digest(from, &hashes, &mut out),
+            Message::SyncIds { bucket, reply, ids } => {
+                self.gossip.on_sync_ids(from, bucket, reply, &ids, &mut out)
+            }
+            Message::Pull { ids } => self.gossip.on_pull(from, &ids, &mut out),
+        }
+        self.out = out;
+        self.after_input(now, false);
+    }
+
+    /// Handles a local command.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<(), CommandError> {
+        if self.left {
+            return Err(CommandError::Left);
+        }
+        let mut out = std::mem::take(&mut self.out);
+        let res = match cmd {
+            Command::Join(contact) => {
+                self.ensure_member(now, contact);
+                self.add_seed(contact);
+                self.views.join(now, contact, &mut out);
+                Ok(())
+            }
+            Command::AddSeeds(seeds) => {
+                for s in seeds {
+                    self.add_seed(s);
+                }
+                Ok(())
+            }
+            Command::Broadcast { id, payload } => {
+                if payload.len() > MAX_PAYLOAD {
+                    Err(CommandError::PayloadTooLarge(payload.len()))
+                } else {
+                    match self.gossip.broadcast(now, id, payload, &mut out) {
+                        Some(d) => {
+                            self.events.push_back(Event::Delivered(d));
+                            Ok(())
+                        }
+                        None => Err(CommandError::Duplicate),
+                    }
+                }
+            }
+            Command::Leave => {
+                for p in self.views.active() {
+                    out.push_back((*p, Message::Disconnect { leaving: true }));
+                }
+                self.left = true;
+                Ok(())
+            }
+        };
+        self.out = out;
+        if !self.left {
+            self.after_input(now, false);
+        }
+        res
+    }
+
+    /// Timer work. Call when [`Node::poll_timeout`] is reached; early or repeated calls do
+    /// nothing harmful.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.left {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        // indirect probes once the direct ack is late
+        if let Some(p) = &self.swim.probe
+            && !p.acked
+            && !p.indirect_sent
+            && p.direct_deadline <= now
+        {
+            let (target, seq) = (p.target, p.seq);
+            let mut helpers: Vec<NodeId> = self
+                .views
+                .active()
+                .iter()
+                .filter(|x| **x != target)
+                .copied()
+                .collect();
+            helpers.shuffle(&mut self.rng);
+            helpers.truncate(self.swim.cfg.indirect_probes);
+            for h in helpers {
+                let updates = self.piggyback_for(&h);
+                out.push_back((
+                    h,
+                    Message::PingReq {
+                        seq,
+                        target,
+                        updates,
+                    },
+                ));
+            }
+            if let Some(p) = &mut self.swim.probe {
+                p.indirect_sent = true;
+            }
+        }
+        // suspicion timeouts -> dead
+        let expired: Vec<(NodeId, u64)> = if self.swim.next_suspicion_deadline() > now {
+            Vec::new()
+        } else {
+            self.swim
+                .suspicions
+                .iter()
+                .filter(|(_, s)| s.deadline <= now)
+                .map(|(n, s)| (*n, s.incarnation))
+                .collect()
+        };
+        for (n, inc) in expired {
+            self.swim.sus_mut().remove(&n);
+            if self.members.get(&n).is_some_and(|e| {
+                e.state
+                    == MemberState {
+                        incarnation: inc,
+                        status: Status::Suspect,
+                    }
+            }) {
+                self.swim.stats.declared_dead += 1;
+                self.apply_one(
+                    now,
+                    None,
+                    MemberUpdate {
+                        node: n,
+                        state: MemberState {
+                            incarnation: inc,
+                            status: Status::Dead,
+                        },
+                    },
+                );
+            }
+        }
+        self.swim.relays.retain(|r| r.deadline > now);
+        // protocol period
+        if self.swim.next_probe <= now {
+            self.probe_tick(now, &mut out);
+        }
+        if let Some(failed) = self.views.on_timeout(now, &mut out, &mut self.rng) {
+            let _ = failed; // the candidate was dropped from the passive view; SWIM decides liveness
+            self.fill(now, &mut out);
+        }
+        self.gossip.on_timeout(now, &mut out);
+        if self.gossip.anti_entropy_due(now, &mut self.rng) && !self.views.active().is_empty() {
+            let a = self.views.active();
+            let peer = a[self.rng.random_range(0..a.len())];
+            out.push_back((
+                peer,
+                Message::SyncDigest {
+                    hashes: self.gossip.digest(),
+                },
+            ));
+        }
+        if self.next_heal <= now {
+            self.heal_tick(now, &mut out);
+        }
+        if self.next_rebalance <= now {
+            self.next_rebalance =
+                now + jittered(self.cfg.topology.rebalance_interval, 25, &mut self.rng);
+            self.rebalance_tick(now, &mut out);
+        }
+        self.out = out;
+        self.after_input(now, true);
+    }
+
+    // ----- internals ------------------------------------------------------------------------
+
+    fn n_est(&self) -> u64 {
+        self.cfg.size_hint.max(self.members.len() as u64 + 1)
+    }
+
+    fn window(&self) -> Duration {
+        self.cfg.partition.window
+    }
+
+    fn add_seed(&mut self, s: NodeId) {
+        if s != self.me && !self.seeds.contains(&s) && self.seeds.len() < 32 {
+            self.seeds.push(s);
+        }
+    }
+
+    fn self_update(&self) -> MemberUpdate {
+        MemberUpdate {
+            node: self.me,
+            state: MemberState::alive(self.swim.incarnation),
+        }
+    }
+
+    /// Piggyback for a message to `to`: own state, any non-alive claim about `to`, queued updates.
+    fn piggyback_for(&mut self, to: &NodeId) -> Vec<MemberUpdate> {
+        let mut first = vec![self.self_update()];
+        if let Some(e) = self.members.get(to)
+            && e.state.status != Status::Alive
+        {
+            first.push(MemberUpdate {
+                node: *to,
+                state: e.state,
+            });
+        }
+        self.swim.piggyback(&first)
+    }
+
+    /// If we believe `from` is not alive, ping it with that claim so it refutes.
+    fn hint_if_not_alive(&mut self, from: NodeId, out: &mut Outbox) {
+        if self
+            .members
+            .get(&from)
+            .is_some_and(|e| e.state.status != Status::Alive)
+        {
+            let seq = self.swim.next_seq();
+            let updates = self.piggyback_for(&from);
+            out.push_back((from, Message::Ping { seq, updates }));
+        }
+    }
+
+    /// Drops ids we believe dead or gone, and ourselves.
+    fn usable(&self, mut nodes: Vec<NodeId>) -> Vec<NodeId> {
+        nodes.retain(|n| {
+            *n != self.me
+                && self
+                    .members
+                    .get(n)
+                    .is_none_or(|e| e.state.status == Status::Alive)
+        });
+        nodes
+    }
+
+    fn ensure_member(&mut self, now: Instant, n: NodeId) {
+        if n != self.me && self.members.get(&n).is_none() {
+            let views = &self.views;
+            let w = self.cfg.partition.window;
+            self.members
+                .apply(now, n, MemberState::alive(0), w, true, |x| {
+                    views.is_active(x)
+                });
+        }
+    }
+
+    fn apply_updates(&mut self, now: Instant, from: NodeId, updates: &[MemberUpdate]) {
+        for u in updates {
+            self.apply_one(now, Some(from), *u);
+        }
+    }
+
+    fn apply_one(&mut self, now: Instant, _from: Option<NodeId>, u: MemberUpdate) {
+        if u.node == self.me {
+            let mine = self.self_update().state;
+            if mine.is_superseded_by(&u.state) {
+                self.swim.incarnation = u.state.incarnation.saturating_add(1);
+                self.swim.stats.refutations += 1;
+                self.swim.health_worse();
+                let n = self.n_est();
+                self.swim.enqueue(self.self_update(), n);
+                self.events.push_back(Event::Refuted {
+                    incarnation: self.swim.incarnation,
+                });
+            }
+            return;
+        }
+        let views = &self.views;
+        let w = self.cfg.partition.window;
+        let evict = views.is_active(&u.node);
+        match self
+            .members
+            .apply(now, u.node, u.state, w, evict, |x| views.is_active(x))
+        {
+            Applied::Changed { old } => self.member_changed(now, u.node, old, u.state),
+            Applied::Unchanged => {}
+        }
+    }
+
+    /// Lifeguard confirmation: our own probe of an already-suspected member failed too.
+    fn confirm_suspicion(&mut self, node: NodeId, incarnation: u64) {
+        let k = self.swim.cfg.suspicion_confirmations as usize;
+        let n = self.n_est();
+        let me = self.me;
+        let c = match self.swim.suspicions.get(&node) {
+            Some(s)
+                if s.incarnation == incarnation
+                    && !s.confirmers.contains(&me)
+                    && s.confirmers.len() < k =>
+            {
+                s.confirmers.len() as u32 + 1
+            }
+            _ => return,
+        };
+        let timeout = self.swim.suspicion_timeout(n, c);
+        if let Some(s) = self.swim.sus_mut().get_mut(&node) {
+            s.confirmers.push(me);
+            s.deadline = s.started + timeout;
+        }
+    }
+
+    fn member_changed(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        old: Option<MemberState>,
+        new: MemberState,
+    ) {
+        let n = self.n_est();
+        let was_gone = old.is_some_and(|o| matches!(o.status, Status::Dead | Status::Left));
+        if new.status != Status::Alive || old.is_some_and(|o| o.status != Status::Alive) {
+            self.swim.enqueue(MemberUpdate { node, state: new }, n);
+        }
+        self.events
+            .push_back(Event::MemberChanged { node, state: new });
+        match new.status {
+            Status::Alive => {
+                if self.swim.suspicions.contains_key(&node) {
+                    self.swim.sus_mut().remove(&node);
+                }
+                if was_gone {
+                    // others from the same departed group are probably back too: probe faster
+                    self.heal_boost_until = now + self.cfg.heal_boost;
+                    self.next_heal = self.next_heal.min(now + self.cfg.heal_interval_partitioned);
+                }
+                if was_gone && !self.views.is_active(&node) {
+                    // a departed member is back (partition healed or restart): reconnect
+                    self.views.add_passive(node, &mut self.rng);
+                    let high = self.detector.status().state != Reachability::Connected;
+                    let mut out = std::mem::take(&mut self.out);
+                    self.views.request_neighbor(now, node, high, None, &mut out);
+                    self.out = out;
+                }
+            }
+            Status::Suspect => {
+                let timeout = self.swim.suspicion_timeout(n, 0);
+                self.swim.sus_mut().insert(
+                    node,
+                    Suspicion {
+                        incarnation: new.incarnation,
+                        started: now,
+                        deadline: now + timeout,
+                        confirmers: Vec::new(),
+                    },
+                );
+            }
+            Status::Dead | Status::Left => {
+                if self.swim.suspicions.contains_key(&node) {
+                    self.swim.sus_mut().remove(&node);
+                }
+                self.views.remove(&node);
+                if self.swim.probe.as_ref().is_some_and(|p| p.target == node) {
+                    self.swim.probe = None;
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, from: NodeId, seq: u32, out: &mut Outbox) {
+        if let Some(p) = &mut self.swim.probe
+            && p.seq == seq
+            && !p.acked
+        {
+            p.acked = true;
+            let (target, sent) = (p.target, p.sent_at);
+            if from == target {
+                self.members.record_rtt(&target, now - sent);
+            }
+            self.swim.health_better();
+            return;
+        }
+        if let Some(i) = self
+            .swim
+            .relays
+            .iter()
+            .position(|r| r.seq == seq && r.target == from)
+        {
+            let r = self.swim.relays.swap_remove(i);
+            let updates = self.piggyback_for(&r.origin);
+            out.push_back((
+                r.origin,
+                Message::Ack {
+                    seq: r.origin_seq,
+                    updates,
+                },
+            ));
+        }
+    }
+
+    fn pick_probe_target(&mut self) -> Option<NodeId> {
+        for _ in 0..2 {
+            while let Some(t) = self.swim.order.pop() {
+                let gone = self
+                    .members
+                    .get(&t)
+                    .is_some_and(|e| matches!(e.state.status, Status::Dead | Status::Left));
+                if !gone && t != self.me {
+                    return Some(t);
+                }
+            }
+            let mut order: Vec<NodeId> = self.views.active().to_vec();
+            let mut passive: Vec<NodeId> = self.views.passive().to_vec();
+            passive.shuffle(&mut self.rng);
+            order.extend(passive.into_iter().take(self.swim.cfg.passive_probes));
+            order.shuffle(&mut self.rng);
+            if order.is_empty() {
+                return None;
+            }
+            self.swim.order = order;
+        }
+        None
+    }
+
+    fn probe_tick(&mut self, now: Instant, out: &mut Outbox) {
+        // close the previous period
+        if let Some(p) = self.swim.probe.take()
+            && !p.acked
+        {
+            self.swim.stats.failed_probes += 1;
+            self.swim.health_worse();
+            if let Some(e) = self.members.get(&p.target).copied() {
+                if e.state.status == Status::Alive {
+                    self.swim.stats.suspicions_raised += 1;
+                    let state = MemberState {
+                        incarnation: e.state.incarnation,
+                        status: Status::Suspect,
+                    };
+                    self.apply_one(
+                        now,
+                        None,
+                        MemberUpdate {
+                            node: p.target,
+                            state,
+                        },
+                    );
+                } else if e.state.status == Status::Suspect {
+                    self.confirm_suspicion(p.target, e.state.incarnation);
+                }
+            }
+        }
+        if let Some(target) = self.pick_probe_target() {
+            self.ensure_member(now, target);
+            let seq = self.swim.next_seq();
+            let updates = self.piggyback_for(&target);
+            out.push_back((target, Message::Ping { seq, updates }));
+            let direct_deadline = now + self.swim.timeout();
+            self.swim.probe = Some(Probe {
+                target,
+                seq,
+                sent_at: now,
+                direct_deadline,
+                indirect_sent: false,
+                acked: false,
+            });
+            self.swim.stats.probes += 1;
+        }
+        // re-probe suspects directly, carrying the claim, so live ones refute in time
+        let mut suspects: Vec<NodeId> = self.swim.suspicions.keys().copied().collect();
+        suspects.shuffle(&mut self.rng);
+        let reprobes =
+            self.swim.cfg.suspect_reprobes * if self.heal_boost_until > now { 4 } else { 1 };
+        for s in suspects.into_iter().take(reprobes) {
+            let seq = self.swim.next_seq();
+            let updates = self.piggyback_for(&s);
+            out.push_back((s, Message::Ping { seq, updates }));
+        }
+        self.swim.next_probe = now + jittered(self.swim.period(), 10, &mut self.rng);
+        // keep the passive view stocked from the member table: a small clique whose passive
+        // views ran dry would otherwise never reconnect to the rest of the overlay
+        if self.views.passive().len() < self.views.config().passive_size / 2 {
+            let alive: Vec<NodeId> = self
+                .members
+                .iter()
+                .filter(|(n, e)| e.state.status == Status::Alive && !self.views.is_active(n))
+                .map(|(n, _)| *n)
+                .collect();
+            for _ in 0..4 {
+                if alive.is_empty() {
+                    break;
+                }
+                let n = alive[self.rng.random_range(0..alive.len())];
+                self.views.add_passive(n, &mut self.rng);
+            }
+        }
+        // partition detector
+        let (reach, expected) = self.members.reachability(now, self.window());
+        if let Some(st) = self
+            .detector
+            .update(reach, expected, self.views.active().len())
+        {
+            self.events.push_back(Event::Partition(st));
+            if st.state != Reachability::Connected {
+                self.next_heal = self.next_heal.min(now);
+            }
+        }
+        self.fill(now, out);
+    }
+
+    fn fill(&mut self, now: Instant, out: &mut Outbox) {
+        if self.views.active().len() >= self.views.config().active_size || self.views.has_pending()
+        {
+            return;
+        }
+        let cands = self.usable(self.views.passive().to_vec());
+        let rtts: Vec<Option<u32>> = self.views.active().iter().map(|a| self.rtt_us(a)).collect();
+        let prefer_near = near_count(&rtts, self.cfg.topology.near_slots)
+            < self.cfg.topology.near_slots
+            && self.rng.random_bool(0.5);
+        let members = &self.members;
+        if let Some(i) = pick_candidate(
+            &cands,
+            |n| members.get(n).and_then(|e| e.rtt_us),
+            prefer_near,
+            &mut self.rng,
+        ) {
+            // HyParView forces a neighbour only when the active view is empty; a small clique
+            // (views non-empty but far below capacity) would then stay cut off while every
+            // candidate is full, so below half capacity the request is high priority too.
+            let high = self.views.active().len() < self.views.config().active_size.div_ceil(2);
+            self.views.request_neighbor(now, cands[i], high, None, out);
+        }
+    }
+
+    fn heal_tick(&mut self, now: Instant, out: &mut Outbox) {
+        let state = self.detector.status().state;
+        let urgent = state != Reachability::Connected || self.heal_boost_until > now;
+        let interval = if urgent {
+            self.cfg.heal_interval_partitioned
+        } else {
+            self.cfg.heal_interval
+        };
+        self.next_heal = now + jittered(interval, 25, &mut self.rng);
+        let mut dead = self.members.with_status(Status::Dead);
+        dead.shuffle(&mut self.rng);
+        let k = if self.heal_boost_until > now {
+            self.cfg.heal_probes * 2
+        } else {
+            self.cfg.heal_probes
+        };
+        let mut targets: Vec<NodeId> = dead.into_iter().take(k).collect();
+        let active = self.views.active().len();
+        if (state != Reachability::Connected || active < self.views.config().active_size / 2)
+            && !self.seeds.is_empty()
+        {
+            let s = self.seeds[self.rng.random_range(0..self.seeds.len())];
+            if !self.views.is_active(&s) {
+                targets.push(s);
+                if active == 0 && !self.views.joining() {
+                    self.views.join(now, s, out);
+                }
+            }
+        }
+        for t in targets {
+            let seq = self.swim.next_seq();
+            let updates = self.piggyback_for(&t);
+            out.push_back((t, Message::Ping { seq, updates }));
+        }
+    }
+
+    fn rebalance_tick(&mut self, now: Instant, out: &mut Outbox) {
+        if self.views.has_pending() || self.views.active().len() < self.views.config().active_size {
+            return;
+        }
+        let rtt = |n: &NodeId| (*n, self.members.get(n).and_then(|e| e.rtt_us));
+        let active: Vec<_> = self.views.active().iter().map(rtt).collect();
+        let passive: Vec<_> = self
+            .usable(self.views.passive().to_vec())
+            .iter()
+            .map(rtt)
+            .collect();
+        if let Some((add, drop)) = rebalance(
+            &active,
+            &passive,
+            self.cfg.topology.near_slots,
+            self.cfg.topology.rebalance_ratio,
+        ) {
+            self.views
+                .request_neighbor(now, add, false, Some(drop), out);
+        }
+    }
+
+    fn after_input(&mut self, now: Instant, _timer: bool) {
+        let deltas = self.views.take_deltas();
+        let mut refill = false;
+        for d in deltas {
+            match d {
+                ViewDelta::Up(p) => {
+                    self.ensure_member(now, p);
+                    self.gossip.neighbor_up(p);
+                    self.events.push_back(Event::NeighborUp(p));
+                }
+                ViewDelta::Down(p) => {
+                    self.gossip.neighbor_down(&p);
+                    self.events.push_back(Event::NeighborDown(p));
+                    refill = true;
+                }
+            }
+        }
+        if refill {
+            let mut out = std::mem::take(&mut self.out);
+            self.fill(now, &mut out);
+            self.out = out;
+        }
+        let v = self.gossip.eager_version();
+        if v != self.last_eager_version {
+            self.last_eager_version = v;
+            self.events.push_back(Event::EagerChanged { version: v });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+    use std::collections::BTreeMap;
+
+    fn id(i: u8) -> NodeId {
+        NodeId([i; 32])
+    }
+
+    /// A tiny cluster on a virtual clock with a fixed 5 ms link latency (quinn `Pair` style).
+    struct Cluster {
+        nodes: BTreeMap<NodeId, Node<SmallRng>>,
+        now: Instant,
+        inflight: Vec<(Instant, NodeId, NodeId, Message)>,
+        delivered: BTreeMap<NodeId, Vec<MsgId>>,
+    }
+
+    impl Cluster {
+        fn new(n: u8) -> Self {
+            let mut c = Cluster {
+                nodes: BTreeMap::new(),
+                now: Instant::ZERO,
+                inflight: Vec::new(),
+                delivered: BTreeMap::new(),
+            };
+            for i in 0..n {
+                let node = Node::new(
+                    NodeConfig::for_size(n as u64),
+                    id(i),
+                    0,
+                    c.now,
+                    SmallRng::seed_from_u64(i as u64),
+                );
+                c.nodes.insert(id(i), node);
+                if i > 0 {
+                    c.command(id(i), Command::Join(id(0)));
+                }
+            }
+            c
+        }
+        fn command(&mut self, at: NodeId, cmd: Command) {
+            let now = self.now;
+            if let Some(n) = self.nodes.get_mut(&at) {
+                let _ = n.handle_command(now, cmd);
+            }
+            self.drain(at);
+        }
+        fn drain(&mut self, at: NodeId) {
+            let Some(n) = self.nodes.get_mut(&at) else {
+                return;
+            };
+            while let Some((to, m)) = n.poll_transmit() {
+                // every message survives an encode/decode round trip on the way
+                let mut buf = Vec::new();
+                m.encode(&mut buf);
+                assert!(buf.len() <= crate::wire::MAX_ENCODED);
+                let m = Message::decode(&buf).expect("own encoding decodes");
+                self.inflight
+                    .push((self.now + Duration::from_millis(5), at, to, m));
+            }
+            while let Some(e) = n.poll_event() {
+                if let Event::Delivered(d) = e {
+                    self.delivered.entry(at).or_default().push(d.id);
+                }
+            }
+        }
+        /// Runs the virtual clock for `d`.
+        fn run(&mut self, d: Duration) {
+            let end = self.now + d;
+            loop {
+                let next_msg = self.inflight.iter().map(|x| x.0).min();
+                let next_timer = self.nodes.values().filter_map(|n| n.poll_timeout()).min();
+                let next = match (next_msg, next_timer) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b).unwrap_or(end),
+                };
+                if next > end {
+                    self.now = end;
+                    return;
+                }
+                self.now = next.max(self.now);
+                let now = self.now;
+                let (due, rest): (Vec<_>, Vec<_>) =
+                    self.inflight.drain(..).partition(|x| x.0 <= now);
+                self.inflight = rest;
+                for (_, from, to, m) in due {
+                    if let Some(n) = self.nodes.get_mut(&to) {
+                        n.handle_message(now, from, m);
+                    }
+                    self.drain(to);
+                }
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for i in ids {
+                    if self.nodes[&i].poll_timeout().is_some_and(|t| t <= now) {
+                        if let Some(n) = self.nodes.get_mut(&i) {
+                            n.handle_timeout(now);
+                        }
+                        self.drain(i);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nodes_join_through_one_contact_and_a_broadcast_reaches_all_of_them() {
+        let mut c = Cluster::new(20);
+        c.run(Duration::from_secs(5));
+        assert!(c.nodes.values().all(|n| !n.active_view().is_empty()));
+        c.command(
+            id(7),
+            Command::Broadcast {
+                id: MsgId([9; 32]),
+                payload: b"hello".to_vec(),
+            },
+        );
+        c.run(Duration::from_secs(2));
+        assert_eq!(
+            c.delivered
+                .values()
+                .filter(|v| v.contains(&MsgId([9; 32])))
+                .count(),
+            20
+        );
+        assert!(
+            c.nodes
+                .values()
+                .all(|n| n.eager_version() > 0 && !n.eager_peers().is_empty())
+        );
+    }
+
+    #[test]
+    fn a_node_told_it_is_dead_refutes_with_a_higher_incarnation() {
+        let mut n = Node::new(
+            NodeConfig::for_size(10),
+            id(1),
+            0,
+            Instant::ZERO,
+            SmallRng::seed_from_u64(1),
+        );
+        let claim = MemberUpdate {
+            node: id(1),
+            state: MemberState {
+                incarnation: 4,
+                status: Status::Dead,
+            },
+        };
+        n.handle_message(
+            Instant::ZERO,
+            id(2),
+            Message::Ping {
+                seq: 1,
+                updates: vec![claim],
+            },
+        );
+        assert_eq!(n.incarnation(), 5);
+        match n.poll_transmit() {
+            Some((to, Message::Ack { seq: 1, updates })) => {
+                assert_eq!(to, id(2));
+                assert_eq!(updates[0].state, MemberState::alive(5));
+            }
+            other => panic!("expected an ack, got {other:?}"),
+        }
+        assert!(
+            std::iter::from_fn(|| n.poll_event()).any(|e| e == Event::Refuted { incarnation: 5 })
+        );
+    }
+
+    #[test]
+    fn hostile_bytes_are_counted_and_change_nothing() {
+        let mut n = Node::new(
+            NodeConfig::for_size(10),
+            id(1),
+            0,
+            Instant::ZERO,
+            SmallRng::seed_from_u64(1),
+        );
+        let before = n.poll_timeout();
+        assert!(
+            n.handle_datagram(Instant::ZERO, id(2), &[13, 250, 1, 2])
+                .is_err()
+        );
+        assert_eq!(n.stats().decode_errors, 1);
+        assert!(n.poll_transmit().is_none());
+        assert_eq!(n.poll_timeout(), before);
+        assert_eq!(n.members().len(), 0);
+    }
+
+    #[test]
+    fn a_graceful_leave_is_seen_as_left_by_the_neighbours() {
+        let mut c = Cluster::new(6);
+        c.run(Duration::from_secs(5));
+        c.command(id(3), Command::Leave);
+        c.run(Duration::from_secs(3));
+        for (k, n) in &c.nodes {
+            if *k != id(3) {
+                assert!(!n.active_view().contains(&id(3)));
+                if let Some(s) = n.member(&id(3)) {
+                    assert_eq!(s.status, Status::Left, "at {k:?}");
+                }
+            }
+        }
+        assert_eq!(c.nodes[&id(3)].poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_cut_off_node_reports_the_partition() {
+        let mut c = Cluster::new(12);
+        c.run(Duration::from_secs(10));
+        // cut node 5 off: drop everything to and from it from now on
+        let lonely = c.nodes.remove(&id(5)).map(|n| (id(5), n));
+        let (lid, mut lonely) = lonely.expect("node 5");
+        let mut states = Vec::new();
+        let mut now = c.now;
+        for _ in 0..400 {
+            now = now + Duration::from_millis(500);
+            lonely.handle_timeout(now);
+            while lonely.poll_transmit().is_some() {}
+            while let Some(e) = lonely.poll_event() {
+                if let Event::Partition(s) = e {
+                    states.push(s.state);
+                }
+            }
+        }
+        assert_eq!(lid, id(5));
+        assert!(
+            states.iter().any(|s| *s != Reachability::Connected),
+            "{states:?}"
+        );
+        assert_ne!(lonely.partition_status().state, Reachability::Connected);
+    }
+}

@@ -1,0 +1,64 @@
+//! Command-line runner: `mesh-sim --nodes N --seed S --loss P --churn P [--partition]
+//! [--broadcasts B] [--partition-ms MS]` prints the report table.
+
+use std::time::Instant as WallClock;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let nodes: usize = get("--nodes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let seed: u64 = get("--seed").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut cfg = mesh_sim::SimConfig::new(nodes, seed);
+    cfg.loss = get("--loss").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    cfg.churn = get("--churn").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    cfg.partition = args.iter().any(|a| a == "--partition");
+    if let Some(b) = get("--broadcasts").and_then(|v| v.parse().ok()) {
+        cfg.broadcasts = b;
+    }
+    if let Some(p) = get("--partition-ms").and_then(|v| v.parse().ok()) {
+        cfg.partition_ms = p;
+    }
+    if let Some(s) = get("--join-spacing-us").and_then(|v| v.parse().ok()) {
+        cfg.join_spacing_us = s;
+    }
+    if let Some(r) = get("--latency-base-us").and_then(|v| v.parse().ok()) {
+        cfg.latency_base_us = r;
+    }
+    if let Some(r) = get("--ihave-ms").and_then(|v| v.parse().ok()) {
+        cfg.node.gossip.ihave_timeout = mesh_protocol::Duration::from_millis(r);
+    }
+    if let Some(r) = get("--near-slots").and_then(|v| v.parse().ok()) {
+        cfg.node.topology.near_slots = r;
+    }
+    if let Some(r) = get("--rebalance-ratio").and_then(|v| v.parse().ok()) {
+        cfg.node.topology.rebalance_ratio = r;
+    }
+    if let Some(r) = get("--optimize").and_then(|v| v.parse().ok()) {
+        cfg.node.gossip.optimize_threshold = r;
+    }
+    println!(
+        "mesh-sim nodes={} seed={} loss={} churn={} partition={} (active {}, passive {}, members cap {})",
+        nodes,
+        seed,
+        cfg.loss,
+        cfg.churn,
+        cfg.partition,
+        cfg.node.views.active_size,
+        cfg.node.views.passive_size,
+        cfg.node.member_capacity
+    );
+    let t = WallClock::now();
+    let report = mesh_sim::run(&cfg);
+    print!("{}", report.table());
+    println!(
+        "wall time s                    {:.1}",
+        t.elapsed().as_secs_f64()
+    );
+}

@@ -9,6 +9,7 @@
 //! | GET | `/v1/subscribe?topic=T` | `topic` optional (all topics when absent) | NDJSON stream, one delivered message per line |
 //! | POST | `/v1/deny` | `{"ip": "10.0.0.9"}` | drops that source in XDP (409 on the UDP backend) |
 //! | POST | `/v1/allow` | `{"ip": "10.0.0.9"}` | removes it from the deny map |
+//! | POST | `/v1/rate` | `{"pps": 1000, "burst": 200}` | per-source token bucket in XDP (0 pps = off) |
 //! | GET | `/metrics` | | Prometheus text format |
 //!
 //! A subscriber that falls more than 4096 messages behind gets a line
@@ -167,6 +168,36 @@ async fn deny_or_allow(s: Arc<Shared>, body: axum::body::Bytes, deny: bool) -> R
     }
 }
 
+/// Body of `POST /v1/rate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateRequest {
+    /// Packets per second allowed per source address (0 = no limit).
+    pub pps: u64,
+    /// Bucket depth, packets (1..=1e9).
+    pub burst: u64,
+}
+
+async fn rate(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let req: RateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    if !(1..=1_000_000_000).contains(&req.burst) {
+        return error(StatusCode::BAD_REQUEST, "burst must be 1..=1000000000");
+    }
+    let Some(x) = s.xdp.as_ref() else {
+        return error(
+            StatusCode::CONFLICT,
+            "the XDP backend is not active on this node",
+        );
+    };
+    match x.set_rate(req.pps, req.burst) {
+        Ok(()) => Json(serde_json::json!({ "pps": req.pps, "burst": req.burst })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 async fn deny(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     deny_or_allow(s, body, true).await
 }
@@ -192,6 +223,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         .route("/v1/subscribe", get(subscribe))
         .route("/v1/deny", post(deny))
         .route("/v1/allow", post(allow))
+        .route("/v1/rate", post(rate))
         .route("/metrics", get(metrics))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {

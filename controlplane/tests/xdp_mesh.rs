@@ -217,6 +217,22 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
     let sb = ctl(b, &["status"]);
     assert!(counter(&sb, "xdp", "drop_bad_magic") >= 50, "{sb}");
     assert!(counter(&sb, "xdp", "drop_rate_limited") >= 1000, "{sb}");
+    // Raising the rate limit at run time lets the same source through XDP
+    // again (its bad signatures are then counted in user space).
+    let before = counter(&ctl(b, &["status"]), "xdp", "drop_rate_limited");
+    ctl(b, &["rate", "0", "1"]);
+    let again = good_shape.clone();
+    x.run(move || {
+        let s = UdpSocket::bind("10.89.0.4:0").unwrap();
+        for _ in 0..20 {
+            s.send_to(&again, "10.89.0.2:7400").unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let sb = ctl(b, &["status"]);
+    assert_eq!(counter(&sb, "xdp", "drop_rate_limited"), before, "{sb}");
+    ctl(b, &["rate", "300", "300"]);
+
     // Deny is checked after validation and before the rate limit, so
     // well-formed packets from a denied source count as denied.
     ctl(b, &["deny", "10.89.0.4"]);

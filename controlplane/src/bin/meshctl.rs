@@ -6,6 +6,7 @@
 //! meshctl publish TOPIC TEXT
 //! meshctl subscribe TOPIC [--count N]
 //! meshctl deny IP | allow IP      (XDP backend)
+//! meshctl rate PPS BURST          (XDP backend)
 //! meshctl ca init DIR
 //! meshctl ca issue --ca DIR --node-id HEX --out node.crt
 //! ```
@@ -48,6 +49,13 @@ enum Cmd {
     Allow {
         /// Source address.
         ip: std::net::IpAddr,
+    },
+    /// Set the per-source rate limit in XDP (XDP backend only).
+    Rate {
+        /// Packets per second per source address (0 = no limit).
+        pps: u64,
+        /// Bucket depth in packets.
+        burst: u64,
     },
     /// Mesh certificate authority (offline; needs no running node).
     Ca {
@@ -167,6 +175,21 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Ca { .. } => unreachable!("handled above"),
+        Cmd::Rate { pps, burst } => {
+            match ureq::post(&format!("{base}/v1/rate"))
+                .send_json(serde_json::json!({ "pps": pps, "burst": burst }))
+            {
+                Ok(r) => {
+                    let v: serde_json::Value = r.into_json()?;
+                    writeln!(out, "{v}")?;
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    let body = r.into_string().unwrap_or_default();
+                    bail!("rate failed ({code}): {body}");
+                }
+                Err(e) => return Err(e).context("POST /v1/rate"),
+            }
+        }
         Cmd::Deny { ip } | Cmd::Allow { ip } => {
             let path = if matches!(args.cmd, Cmd::Deny { .. }) {
                 "deny"

@@ -390,22 +390,16 @@ impl Pipeline {
 
         let mut accepted_keys: [u64; MAX_BATCH] = [0; MAX_BATCH];
         let mut n_acc = 0;
-        for (slot, &i) in self.pending.iter().enumerate() {
+        for slot in 0..self.pending.len() {
+            let i = self.pending[slot];
             let (Some(p), key) = (views[i], self.keys[slot]) else {
                 continue;
             };
             if self.verdicts[slot] {
                 accepted_keys[n_acc] = key;
                 n_acc += 1;
-                self.counters.accepted[usize::from(p.header().kind) & 7] += 1;
-                out.push(Accepted {
-                    index: i,
-                    packet: p,
-                    key,
-                });
-            } else {
-                self.counters.dropped[DropReason::BadSignature as usize] += 1;
             }
+            self.record(i, p, key, self.verdicts[slot], out);
         }
 
         // Later copies: a duplicate if an earlier copy was accepted (in this
@@ -427,17 +421,25 @@ impl Pipeline {
             if ok {
                 accepted_keys[n_acc] = key;
                 n_acc += 1;
-                self.counters.accepted[usize::from(p.header().kind) & 7] += 1;
-                out.push(Accepted {
-                    index: i,
-                    packet: p,
-                    key,
-                });
-            } else {
-                self.counters.dropped[DropReason::BadSignature as usize] += 1;
             }
+            self.record(i, p, key, ok, out);
         }
         out.sort_by_key(|a| a.index);
+    }
+
+    /// Counts a verdict and appends an accepted packet to `out`.
+    fn record<'a>(
+        &mut self,
+        index: usize,
+        packet: Packet<'a>,
+        key: u64,
+        valid: bool,
+        out: &mut Vec<Accepted<'a>>,
+    ) {
+        self.settle(packet.kind(), valid);
+        if valid {
+            out.push(Accepted { index, packet, key });
+        }
     }
 }
 

@@ -363,6 +363,24 @@ struct AcceptCtx<'r> {
     fanout: usize,
 }
 
+impl<'r> AcceptCtx<'r> {
+    fn new(
+        inbound: &'r handoff::InboundSender,
+        stop: &'r AtomicBool,
+        rng: &'r mut SmallRng,
+        forward: &'r ForwardSet,
+        fanout: usize,
+    ) -> AcceptCtx<'r> {
+        AcceptCtx {
+            inbound,
+            stop,
+            rng,
+            peers: &forward.peers,
+            fanout,
+        }
+    }
+}
+
 /// A verified message: hand it to the control plane, mark it seen, and
 /// queue its forwarding. Returns false when the control plane is gone.
 #[allow(clippy::too_many_arguments)]
@@ -523,13 +541,8 @@ impl<B: Backend> Run<B> {
                 } else {
                     pipeline.process(now_ns, wall, &views[..n], &mut accepted);
                     let peers = self.forward.load();
-                    let mut ctx = AcceptCtx {
-                        inbound: &self.inbound,
-                        stop: &self.stop,
-                        rng: &mut self.rng,
-                        peers: &peers.peers,
-                        fanout,
-                    };
+                    let mut ctx =
+                        AcceptCtx::new(&self.inbound, &self.stop, &mut self.rng, &peers, fanout);
                     for a in &accepted {
                         if !accept(
                             &mut ctx,
@@ -555,13 +568,8 @@ impl<B: Backend> Run<B> {
             if let Some(vs) = self.verify.as_mut() {
                 let now_ns = origin.elapsed().as_nanos() as u64;
                 let peers = self.forward.load();
-                let mut ctx = AcceptCtx {
-                    inbound: &self.inbound,
-                    stop: &self.stop,
-                    rng: &mut self.rng,
-                    peers: &peers.peers,
-                    fanout,
-                };
+                let mut ctx =
+                    AcceptCtx::new(&self.inbound, &self.stop, &mut self.rng, &peers, fanout);
                 while let Some(mut vb) = vs.pool.try_recv() {
                     let Some(pos) = vs.in_flight.iter().position(|h| h.tag == vb.tag) else {
                         vb.clear();

@@ -691,6 +691,12 @@ impl Control {
     /// Stores and delivers a data message (from the mesh or local).
     fn accept_data(&mut self, now: Nanos, p: &Packet<'_>, received_us: u64, local: bool) -> bool {
         let id = p.message_id();
+        // A validly signed message whose payload is not topic + body is
+        // neither stored (so never advertised) nor delivered.
+        let Some((topic, body)) = wire::split_data_payload(p.payload()) else {
+            self.shared.metrics.control_invalid.inc();
+            return false;
+        };
         if !self.store.insert(now, id, Arc::from(p.as_bytes())) {
             return false;
         }
@@ -698,10 +704,6 @@ impl Control {
             .metrics
             .store_messages
             .set(self.store.len() as i64);
-        let Some((topic, body)) = wire::split_data_payload(p.payload()) else {
-            self.shared.metrics.control_invalid.inc();
-            return false;
-        };
         let d = Delivered {
             id: id.to_hex(),
             origin: hex::encode(p.origin()),
@@ -762,13 +764,15 @@ impl Control {
         let p = Packet::parse(&bytes).map_err(|_| PublishError::Unavailable("encoding bug"))?;
         let id = p.message_id();
         let now = self.now();
-        self.accept_data(now, &p, ts, true);
         let Some(tile) = self.tiles.first() else {
             return Err(PublishError::Unavailable("no fast path"));
         };
-        if !tile.command(Command::Publish(bytes)) {
+        // Store and deliver locally only once the fast path took it, so a
+        // refused publish leaves no trace and can simply be retried.
+        if !tile.command(Command::Publish(bytes.clone())) {
             return Err(PublishError::Unavailable("fast path queue full"));
         }
+        self.accept_data(now, &p, ts, true);
         self.shared.metrics.published.inc();
         Ok(Receipt {
             id: id.to_hex(),

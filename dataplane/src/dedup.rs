@@ -83,6 +83,26 @@ impl SeenCache {
         b * WAYS..b * WAYS + WAYS
     }
 
+    /// Starts loading `key`'s bucket into the CPU cache. Probing a batch is
+    /// faster when every key's bucket is prefetched first and probed after:
+    /// the memory misses of a large cache then overlap instead of queueing.
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        let start = self.bucket(key).start;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.slots[start..].as_ptr().cast::<i8>();
+            // SAFETY: `p` points into `slots` (start is a valid bucket
+            // index); a prefetch never faults and changes no memory.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0);
+                core::arch::x86_64::_mm_prefetch(p.add(64), core::arch::x86_64::_MM_HINT_T0);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = start;
+    }
+
     /// True when `key` was inserted and has not expired at `now_ns`.
     #[inline]
     pub fn contains(&mut self, key: u64, now_ns: u64) -> bool {

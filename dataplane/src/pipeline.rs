@@ -256,12 +256,7 @@ impl Pipeline {
     /// Parse, replay window and dedup probe of one datagram; counts the drop
     /// and returns `None` when it does not pass.
     #[inline]
-    fn screen<'a>(
-        &mut self,
-        now_ns: u64,
-        wall_us: u64,
-        bytes: &'a [u8],
-    ) -> Option<(Packet<'a>, u64)> {
+    fn screen<'a>(&mut self, wall_us: u64, bytes: &'a [u8]) -> Option<(Packet<'a>, u64)> {
         let p = match Packet::parse(bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -285,11 +280,31 @@ impl Pipeline {
             return None;
         }
         let key = self.seen.key(p.signature());
-        if self.seen.contains(key, now_ns) {
-            self.counters.dropped[DropReason::Duplicate as usize] += 1;
-            return None;
-        }
+        self.seen.prefetch(key);
         Some((p, key))
+    }
+
+    /// Parse, replay window, admission and dedup probe over a batch, in two
+    /// passes: the first computes every key and prefetches its bucket, the
+    /// second probes, so the cache misses of the batch overlap.
+    fn screen_all<'a>(
+        &mut self,
+        now_ns: u64,
+        wall_us: u64,
+        batch: &[&'a [u8]],
+        views: &mut [Option<(Packet<'a>, u64)>; MAX_BATCH],
+    ) {
+        for (v, bytes) in views.iter_mut().zip(batch) {
+            *v = self.screen(wall_us, bytes);
+        }
+        for v in views.iter_mut().take(batch.len()) {
+            if let Some((_, key)) = v
+                && self.seen.contains(*key, now_ns)
+            {
+                self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                *v = None;
+            }
+        }
     }
 
     /// The stages before signature verification, for drivers that verify on
@@ -308,8 +323,10 @@ impl Pipeline {
         let batch = &batch[..batch.len().min(MAX_BATCH)];
         self.counters.received += batch.len() as u64;
         let start = out.len();
-        for (i, bytes) in batch.iter().enumerate() {
-            let Some((packet, key)) = self.screen(now_ns, wall_us, bytes) else {
+        let mut views: [Option<(Packet<'a>, u64)>; MAX_BATCH] = [None; MAX_BATCH];
+        self.screen_all(now_ns, wall_us, batch, &mut views);
+        for (i, v) in views.iter().enumerate().take(batch.len()) {
+            let Some((packet, key)) = *v else {
                 continue;
             };
             if out[start..].iter().any(|a| a.key == key) {
@@ -356,11 +373,13 @@ impl Pipeline {
         self.pending.clear();
         self.keys.clear();
         self.deferred.clear();
+        let mut screened: [Option<(Packet<'a>, u64)>; MAX_BATCH] = [None; MAX_BATCH];
         let mut views: [Option<Packet<'a>>; MAX_BATCH] = [None; MAX_BATCH];
 
-        // Parse, replay window, dedup probe.
-        for (i, bytes) in batch.iter().enumerate() {
-            let Some((p, key)) = self.screen(now_ns, wall_us, bytes) else {
+        // Parse, replay window, admission, dedup probe.
+        self.screen_all(now_ns, wall_us, batch, &mut screened);
+        for (i, v) in screened.iter().enumerate().take(batch.len()) {
+            let Some((p, key)) = *v else {
                 continue;
             };
             // A second copy in the same batch waits for the first's verdict.

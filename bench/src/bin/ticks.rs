@@ -390,11 +390,12 @@ fn stage_budget(clock: &Clock) {
     let mut verifier = Verifier::new();
     let stages = [
         "parse",
-        "dedup probe",
+        "dedup probe (batch: keys and prefetches, then probes)",
         "verify (ours, batch 64)",
         "forward decision",
+        "dedup probe, one at a time (no prefetch; alternate batches)",
     ];
-    let mut samples: [Vec<f64>; 4] = Default::default();
+    let mut samples: [Vec<f64>; 5] = Default::default();
     let mut totals_nc = Vec::with_capacity(STAGE_BATCHES);
     let mut views: Vec<Packet<'_>> = Vec::with_capacity(64);
     let mut keys = [0u64; 64];
@@ -414,9 +415,22 @@ fn stage_budget(clock: &Clock) {
             }
         }
         let t1 = tsc::now();
-        for (j, p) in views.iter().enumerate() {
-            keys[j] = cache.key(p.signature());
-            fresh[j] = !cache.contains(keys[j], 1);
+        let prefetched = round % 2 == 0;
+        if prefetched {
+            // As the pipeline does it: every key and its bucket prefetch
+            // first, then the probes, so the cache misses overlap.
+            for (j, p) in views.iter().enumerate() {
+                keys[j] = cache.key(p.signature());
+                cache.prefetch(keys[j]);
+            }
+            for j in 0..views.len() {
+                fresh[j] = !cache.contains(keys[j], 1);
+            }
+        } else {
+            for (j, p) in views.iter().enumerate() {
+                keys[j] = cache.key(p.signature());
+                fresh[j] = !cache.contains(keys[j], 1);
+            }
         }
         let t2 = tsc::now();
         for (j, p) in views.iter().enumerate() {
@@ -443,10 +457,16 @@ fn stage_budget(clock: &Clock) {
         }
         let per = |a: u64, b: u64| (b - a).saturating_sub(clock.overhead) as f64 / 64.0;
         samples[0].push(per(t0, t1));
-        samples[1].push(per(t1, t2));
+        if prefetched {
+            samples[1].push(per(t1, t2));
+        } else {
+            samples[4].push(per(t1, t2));
+        }
         samples[2].push(per(t2, t3));
         samples[3].push(per(t3, t4));
-        totals_nc.push(per(t0, t2) + per(t3, t4));
+        if prefetched {
+            totals_nc.push(per(t0, t2) + per(t3, t4));
+        }
     }
     println!(
         "## Hot-path budget, TSC ticks per message ({STAGE_BATCHES} batches of 64; read cost {} ticks removed)",

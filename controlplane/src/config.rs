@@ -51,6 +51,29 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     /// Mutual TLS between nodes.
     pub tls: TlsConfig,
+    /// Metrics export.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: OTLP export (the Prometheus endpoint is always on, at
+/// `node.api_listen` `/metrics`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP metrics URL (e.g. `http://127.0.0.1:4318/v1/metrics`, a
+    /// local collector: plain HTTP only); empty turns OTLP export off.
+    pub otlp_endpoint: String,
+    /// Push interval.
+    pub otlp_interval_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            otlp_interval_ms: 10_000,
+        }
+    }
 }
 
 /// `[tls]`: node-to-node control traffic over QUIC with mutual TLS.
@@ -389,6 +412,19 @@ impl Config {
             (1..=65_536).contains(&d.verify_queue),
             "dataplane.verify_queue",
             "must be 1..=65536",
+        )?;
+        check(
+            self.telemetry.otlp_interval_ms >= 100,
+            "telemetry.otlp_interval_ms",
+            "must be at least 100",
+        )?;
+        let otlp = &self.telemetry.otlp_endpoint;
+        check(
+            otlp.is_empty() || otlp.starts_with("http://"),
+            "telemetry.otlp_endpoint",
+            format!(
+                "must be empty or an http:// URL (this build has no TLS for OTLP; use a local collector), got `{otlp}`"
+            ),
         )?;
         if self.tls.enabled {
             check(

@@ -6,6 +6,7 @@
 //! - [`control`]: payloads of the control datagrams;
 //! - [`api`]: the agent HTTP/JSON API and `/metrics`;
 //! - [`metrics`]: metric names from `registry/` and the Prometheus exporter;
+//! - [`otlp`]: OTLP export of every registry metric;
 //! - [`config`]: the `meshd` configuration file.
 #![deny(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod metrics;
 pub mod node;
+pub mod otlp;
 pub mod peers;
 pub mod store;
 pub mod xdp_backend;

@@ -104,6 +104,8 @@ pub struct Metrics {
     /// AF_XDP sockets by bind mode.
     pub xsk_sockets: IntGaugeVec,
     last: Mutex<Snapshot>,
+    /// The OTLP twin of `latency`, when OTLP export is on.
+    otel_latency: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>>,
 }
 
 #[derive(Default)]
@@ -311,6 +313,7 @@ impl Metrics {
                 "mesh.xsk.bind_mode",
             )?,
             last: Mutex::new(Snapshot::default()),
+            otel_latency: std::sync::OnceLock::new(),
             registry: r,
         };
         // Make every labelled series visible from the start.
@@ -424,6 +427,19 @@ impl Metrics {
                 set(&self.verify_queue_full, st.queue_full);
             }
         }
+    }
+
+    /// Records one origin-to-delivery latency (seconds) in every export.
+    pub fn observe_latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+        if let Some(h) = self.otel_latency.get() {
+            h.record(seconds, &[]);
+        }
+    }
+
+    /// Mirrors `observe_latency` into an OTel histogram from now on.
+    pub fn set_otel_latency(&self, h: opentelemetry::metrics::Histogram<f64>) {
+        let _ = self.otel_latency.set(h);
     }
 
     /// Prometheus text exposition of every metric.

@@ -180,6 +180,11 @@ impl Shared {
         rx.await.ok()
     }
 
+    pub(crate) fn refresh_metrics(&self) {
+        self.metrics.refresh(&self.tile_stats, self.xdp.as_ref());
+        self.metrics.refresh_verify(&self.verify_stats);
+    }
+
     pub(crate) fn render_metrics(&self) -> String {
         self.metrics.refresh(&self.tile_stats, self.xdp.as_ref());
         self.metrics.refresh_verify(&self.verify_stats);
@@ -377,6 +382,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         deliveries,
         api: api_tx,
     });
+    let otlp = match cfg.telemetry.otlp_endpoint.as_str() {
+        "" => None,
+        endpoint => Some(crate::otlp::start(
+            endpoint,
+            ms(cfg.telemetry.otlp_interval_ms),
+            shared.clone(),
+        )?),
+    };
     let api_task = tokio::spawn(crate::api::serve(api_listener, shared.clone()));
     tracing::info!(addr = %api_addr, "agent API and /metrics up");
 
@@ -396,6 +409,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let (connected_tx, connected_rx) = mpsc::channel(256);
     let control = Control {
+        _otlp: otlp,
         transport,
         connecting: std::collections::HashSet::new(),
         connected_tx,
@@ -472,6 +486,8 @@ fn getrandom_seed(seed: &mut [u8; 8]) {
 }
 
 struct Control {
+    /// OTLP export; flushes when the node stops.
+    _otlp: Option<crate::otlp::OtlpExport>,
     cfg: Config,
     identity: Identity,
     shared: Arc<Shared>,
@@ -718,7 +734,7 @@ impl Control {
         if !local {
             self.shared.metrics.delivered.inc();
             let lat = received_us.saturating_sub(p.timestamp_us()) as f64 / 1e6;
-            self.shared.metrics.latency.observe(lat);
+            self.shared.metrics.observe_latency(lat);
         }
         let _ = self.shared.deliveries.send(Arc::new(d));
         true

@@ -171,6 +171,11 @@ pub(crate) fn start(
         let prom = m.prometheus_name();
         let attrs = m.attributes.clone();
         let s = shared.clone();
+        // The values `/metrics` serves right now, with registry attributes.
+        let read = move || {
+            s.refresh_metrics();
+            samples(&s.metrics.registry.gather(), &prom, &attrs)
+        };
         match m.instrument {
             Instrument::Counter => {
                 meter
@@ -178,9 +183,7 @@ pub(crate) fn start(
                     .with_unit(m.unit.clone())
                     .with_description(m.brief.clone())
                     .with_callback(move |obs| {
-                        s.refresh_metrics();
-                        let families = s.metrics.registry.gather();
-                        for (v, kv) in samples(&families, &prom, &attrs) {
+                        for (v, kv) in read() {
                             obs.observe(v as u64, &kv);
                         }
                     })
@@ -192,9 +195,7 @@ pub(crate) fn start(
                     .with_unit(m.unit.clone())
                     .with_description(m.brief.clone())
                     .with_callback(move |obs| {
-                        s.refresh_metrics();
-                        let families = s.metrics.registry.gather();
-                        for (v, kv) in samples(&families, &prom, &attrs) {
+                        for (v, kv) in read() {
                             obs.observe(v as i64, &kv);
                         }
                     })

@@ -158,6 +158,23 @@ impl MeshServerVerifier {
     }
 }
 
+/// QUIC needs TLS 1.3; a TLS 1.2 signature is never accepted.
+fn reject_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls13RequiredForQuic,
+    ))
+}
+
+/// The handshake signature, Ed25519 only: proves the peer holds the key its
+/// certificate names.
+fn verify_ed25519_tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &ED25519_ONLY)
+}
+
 impl ServerCertVerifier for MeshServerVerifier {
     fn verify_server_cert(
         &self,
@@ -177,9 +194,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        reject_tls12()
     }
 
     fn verify_tls13_signature(
@@ -188,7 +203,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &ED25519_ONLY)
+        verify_ed25519_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -248,9 +263,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        reject_tls12()
     }
 
     fn verify_tls13_signature(
@@ -259,7 +272,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &ED25519_ONLY)
+        verify_ed25519_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

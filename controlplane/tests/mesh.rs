@@ -3,6 +3,8 @@
 //! delivered and are counted; nodes that leave or crash do not stop delivery
 //! to the others.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -211,23 +213,8 @@ async fn eight_nodes_deliver_everything_reject_forgeries_and_survive_departures(
             dropped(n, "duplicate").await >= 4,
             "node {i}: duplicates counted"
         );
-        // Every received datagram is accounted for. The tile publishes its
-        // counters one by one, so wait for a consistent snapshot.
-        let t0 = Instant::now();
-        loop {
-            let st = n.status().await.unwrap();
-            let acc: u64 = st.accepted.values().sum();
-            let drp: u64 = st.dropped.values().sum();
-            if st.received == acc + drp {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "node {i}: received {} != accepted {acc} + dropped {drp}",
-                st.received
-            );
-            sleep(Duration::from_millis(5)).await;
-        }
+        // Every received datagram is accounted for.
+        common::wait_balanced(n, &format!("node {i}")).await;
     }
 
     // Node 7 crashes (no goodbye), node 6 leaves cleanly.

@@ -2,6 +2,8 @@
 //! queues from the receive tile) deliver every valid message, reject forged
 //! ones, and export per-worker counters.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -107,32 +109,8 @@ async fn a_mesh_verifying_on_worker_threads_delivers_and_rejects() {
             st.dropped["bad_signature"] >= 1,
             "node {i}: forgery counted"
         );
-        // Messages in flight in the pool are neither accepted nor dropped
-        // yet; heartbeats keep arriving, so wait for a moment with none.
-        let t0 = Instant::now();
-        loop {
-            let st = n.status().await.unwrap();
-            let acc: u64 = st.accepted.values().sum();
-            let drp: u64 = st.dropped.values().sum();
-            if st.received == acc + drp {
-                break;
-            }
-            assert!(
-                st.received > acc + drp,
-                "node {i}: more settled than received: {} < {} + {}",
-                st.received,
-                acc,
-                drp
-            );
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "node {i}: books never balance: {} != {} + {}",
-                st.received,
-                acc,
-                drp
-            );
-            sleep(Duration::from_millis(5)).await;
-        }
+        // Every received datagram is accounted for.
+        common::wait_balanced(n, &format!("node {i}")).await;
         let m = n.metrics_text();
         let sigs: u64 = m
             .lines()

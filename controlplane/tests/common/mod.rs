@@ -129,3 +129,25 @@ pub fn try_status(ns: &Ns) -> Option<serde_json::Value> {
         .then(|| serde_json::from_slice(&out.stdout).ok())
         .flatten()
 }
+
+/// Waits until a node's books balance (`received == accepted + dropped`).
+/// The fast path publishes its counters one at a time and the verify pool
+/// may hold messages in flight, so a single read can be off; heartbeats keep
+/// arriving, so wait for a quiet moment (at most 5 s).
+pub async fn wait_balanced(n: &controlplane::node::NodeHandle, who: &str) {
+    let t0 = Instant::now();
+    loop {
+        let st = n.status().await.expect("status");
+        let acc: u64 = st.accepted.values().sum();
+        let drp: u64 = st.dropped.values().sum();
+        if st.received == acc + drp {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{who}: received {} != accepted {acc} + dropped {drp}",
+            st.received
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -47,12 +47,70 @@ pub struct Config {
     pub node: NodeConfig,
     /// Dissemination and peer management.
     pub gossip: GossipConfig,
+    /// Which membership and dissemination protocol runs.
+    pub overlay: OverlayConfig,
     /// Fast-path settings.
     pub dataplane: DataplaneConfig,
     /// Mutual TLS between nodes.
     pub tls: TlsConfig,
     /// Metrics export.
     pub telemetry: TelemetryConfig,
+}
+
+/// Which control plane makes the nodes a mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlayMode {
+    /// Every node keeps every peer in a live table (heartbeats, peer exchange) and pushes each
+    /// new message to `gossip.fanout` random peers; anti-entropy repairs the rest. Simple,
+    /// works without TLS; for meshes of tens of nodes.
+    Full,
+    /// The protocol cores: SWIM failure detection with Lifeguard suspicion, HyParView partial
+    /// views (no node holds the whole member list), Plumtree eager/lazy push (the fast path
+    /// forwards to the eager set), push-pull anti-entropy, latency-aware neighbours and
+    /// partition healing. Needs `tls.enabled` (the cores' messages travel over mutual TLS).
+    Hyparview,
+}
+
+/// `[overlay]`: the membership and dissemination protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlayConfig {
+    /// `full` or `hyparview` (see [`OverlayMode`]).
+    pub mode: OverlayMode,
+    /// Expected mesh size: sets the partial-view sizes (active `log2 n + 1`, passive 6x).
+    pub expected_size: u64,
+    /// SWIM protocol period (one probe per period).
+    pub probe_interval_ms: u64,
+    /// Wait for a direct ack before asking others to probe.
+    pub probe_timeout_ms: u64,
+    /// Suspicion timeout multiplier: minimum `alpha * log10(n) * period`.
+    pub suspicion_alpha: u32,
+    /// Suspicion maximum as a multiple of the minimum (no confirmations).
+    pub suspicion_beta: u32,
+    /// How long a member declared dead still counts as "should be reachable" for the
+    /// partition verdict, and is probed so a heal re-merges by itself.
+    pub partition_window_ms: u64,
+    /// Most node addresses remembered.
+    pub address_book_capacity: usize,
+    /// Most origins the fast path admits data from.
+    pub admitted_capacity: usize,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        OverlayConfig {
+            mode: OverlayMode::Full,
+            expected_size: 1000,
+            probe_interval_ms: 1000,
+            probe_timeout_ms: 400,
+            suspicion_alpha: 4,
+            suspicion_beta: 6,
+            partition_window_ms: 600_000,
+            address_book_capacity: 65_536,
+            admitted_capacity: 1 << 20,
+        }
+    }
 }
 
 /// `[telemetry]`: OTLP export (the Prometheus endpoint is always on, at
@@ -166,7 +224,7 @@ impl Default for GossipConfig {
     fn default() -> Self {
         GossipConfig {
             fanout: 3,
-            hop_limit: 6,
+            hop_limit: 16,
             replay_window_ms: 120_000,
             max_clock_skew_ms: 5_000,
             dedup_capacity: 1 << 20,
@@ -418,6 +476,54 @@ impl Config {
             "telemetry.otlp_interval_ms",
             "must be at least 100",
         )?;
+        let o = &self.overlay;
+        if o.mode == OverlayMode::Hyparview {
+            check(
+                self.tls.enabled,
+                "overlay.mode",
+                "`hyparview` needs tls.enabled = true (its messages travel over mutual TLS)",
+            )?;
+        }
+        check(
+            (2..=1 << 24).contains(&o.expected_size),
+            "overlay.expected_size",
+            "must be 2..=16777216",
+        )?;
+        check(
+            (20..=60_000).contains(&o.probe_interval_ms),
+            "overlay.probe_interval_ms",
+            "must be 20..=60000",
+        )?;
+        check(
+            o.probe_timeout_ms >= 5 && o.probe_timeout_ms < o.probe_interval_ms,
+            "overlay.probe_timeout_ms",
+            "must be at least 5 and below overlay.probe_interval_ms",
+        )?;
+        check(
+            (1..=100).contains(&o.suspicion_alpha),
+            "overlay.suspicion_alpha",
+            "must be 1..=100",
+        )?;
+        check(
+            (1..=100).contains(&o.suspicion_beta),
+            "overlay.suspicion_beta",
+            "must be 1..=100",
+        )?;
+        check(
+            o.partition_window_ms >= 1_000,
+            "overlay.partition_window_ms",
+            "must be at least 1000",
+        )?;
+        check(
+            (16..=1 << 24).contains(&o.address_book_capacity),
+            "overlay.address_book_capacity",
+            "must be 16..=16777216",
+        )?;
+        check(
+            (16..=1 << 24).contains(&o.admitted_capacity),
+            "overlay.admitted_capacity",
+            "must be 16..=16777216",
+        )?;
         let otlp = &self.telemetry.otlp_endpoint;
         check(
             otlp.is_empty() || otlp.starts_with("http://"),
@@ -518,6 +624,11 @@ mod tests {
                 "gossip.retention_ms",
             ),
             ("[dataplane]\nbatch_size = 0\n", "dataplane.batch_size"),
+            ("[overlay]\nmode = \"hyparview\"\n", "overlay.mode"),
+            (
+                "[overlay]\nprobe_timeout_ms = 1000\n",
+                "overlay.probe_timeout_ms",
+            ),
             ("[dataplane]\nrx_core = 4096\n", "dataplane.rx_core"),
             (
                 "[gossip]\npeer_timeout_ms = 100\n",

@@ -18,7 +18,41 @@ use dataplane::wire::{Kind, MessageId};
 pub const MAX_PEERS_PER_LIST: usize = 16;
 /// Most ids in one `IHave` / `IWant`.
 pub const MAX_IDS_PER_DIGEST: usize = 64;
-const PEER_ENTRY_LEN: usize = 32 + 1 + 16 + 2;
+/// Bytes of one `(node id, address)` entry: id 32, family 1, IPv6-mapped address 16, port 2.
+pub const PEER_ENTRY_LEN: usize = 32 + 1 + 16 + 2;
+
+/// Appends one `(node id, address)` entry ([`PEER_ENTRY_LEN`] bytes).
+pub fn encode_peer_entry(id: &[u8; 32], addr: SocketAddr, out: &mut Vec<u8>) {
+    out.extend_from_slice(id);
+    let (fam, ip) = match addr.ip() {
+        IpAddr::V4(v4) => (4u8, v4.to_ipv6_mapped().octets()),
+        IpAddr::V6(v6) => (6u8, v6.octets()),
+    };
+    out.push(fam);
+    out.extend_from_slice(&ip);
+    out.extend_from_slice(&addr.port().to_le_bytes());
+}
+
+/// Decodes one entry; `e` must be [`PEER_ENTRY_LEN`] bytes.
+pub fn decode_peer_entry(e: &[u8]) -> Result<([u8; 32], SocketAddr), ControlDecodeError> {
+    if e.len() != PEER_ENTRY_LEN {
+        return Err(ControlDecodeError::BadLength);
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&e[..32]);
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&e[33..49]);
+    let port = u16::from_le_bytes([e[49], e[50]]);
+    let ip = match e[32] {
+        4 => {
+            let v6 = Ipv6Addr::from(ip);
+            IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED))
+        }
+        6 => IpAddr::V6(Ipv6Addr::from(ip)),
+        _ => return Err(ControlDecodeError::BadFamily),
+    };
+    Ok((id, SocketAddr::new(ip, port)))
+}
 
 /// A decoded control payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,14 +105,7 @@ impl ControlMsg {
                 let n = peers.len().min(MAX_PEERS_PER_LIST);
                 out.push(n as u8);
                 for (id, addr) in &peers[..n] {
-                    out.extend_from_slice(&id.0);
-                    let (fam, ip) = match addr.ip() {
-                        IpAddr::V4(v4) => (4u8, v4.to_ipv6_mapped().octets()),
-                        IpAddr::V6(v6) => (6u8, v6.octets()),
-                    };
-                    out.push(fam);
-                    out.extend_from_slice(&ip);
-                    out.extend_from_slice(&addr.port().to_le_bytes());
+                    encode_peer_entry(&id.0, *addr, out);
                 }
             }
             ControlMsg::IHave(ids) | ControlMsg::IWant(ids) => {
@@ -113,20 +140,8 @@ impl ControlMsg {
                 }
                 let mut peers = Vec::with_capacity(n);
                 for e in rest.chunks_exact(PEER_ENTRY_LEN) {
-                    let mut id = [0u8; 32];
-                    id.copy_from_slice(&e[..32]);
-                    let mut ip = [0u8; 16];
-                    ip.copy_from_slice(&e[33..49]);
-                    let port = u16::from_le_bytes([e[49], e[50]]);
-                    let ip = match e[32] {
-                        4 => {
-                            let v6 = Ipv6Addr::from(ip);
-                            IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED))
-                        }
-                        6 => IpAddr::V6(Ipv6Addr::from(ip)),
-                        _ => return Err(ControlDecodeError::BadFamily),
-                    };
-                    peers.push((NodeId(id), SocketAddr::new(ip, port)));
+                    let (id, addr) = decode_peer_entry(e)?;
+                    peers.push((NodeId(id), addr));
                 }
                 Ok(ControlMsg::PeerList(peers))
             }

@@ -7,6 +7,7 @@
 //! - [`api`]: the agent HTTP/JSON API and `/metrics`;
 //! - [`metrics`]: metric names from `registry/` and the Prometheus exporter;
 //! - [`otlp`]: OTLP export of every registry metric;
+//! - [`overlay`]: glue for the protocol cores (frames with address hints, address book);
 //! - [`config`]: the `meshd` configuration file.
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod control;
 pub mod metrics;
 pub mod node;
 pub mod otlp;
+pub mod overlay;
 pub mod peers;
 pub mod store;
 pub mod xdp_backend;

@@ -56,6 +56,13 @@ pub const KIND_NAMES: [&str; 8] = [
     "unknown",
 ];
 
+/// `mesh.overlay.view` values.
+pub const OVERLAY_VIEWS: [&str; 4] = ["active", "passive", "eager", "lazy"];
+/// `mesh.member.status` values, in `mesh_protocol::Status` order.
+pub const MEMBER_STATUSES: [&str; 4] = ["alive", "suspect", "dead", "left"];
+/// `mesh.overlay.frame.outcome` values.
+pub const FRAME_OUTCOMES: [&str; 4] = ["sent", "received", "invalid", "unsent"];
+
 /// `mesh.xdp.mode` values.
 pub const XDP_MODES: [&str; 2] = ["native", "generic"];
 /// `mesh.xsk.bind_mode` values.
@@ -94,6 +101,24 @@ pub struct Metrics {
     pub partitioned: IntGauge,
     /// Messages a slow subscriber missed.
     pub lagged: IntCounter,
+    /// Overlay view sizes by view.
+    pub overlay_view: IntGaugeVec,
+    /// Member table by status.
+    pub members: IntGaugeVec,
+    /// SWIM probes started.
+    pub probes: IntCounter,
+    /// Suspicions raised here.
+    pub suspicions: IntCounter,
+    /// Members declared dead here.
+    pub declared_dead: IntCounter,
+    /// Self-refutations.
+    pub refutations: IntCounter,
+    /// Plumtree prunes sent.
+    pub prunes: IntCounter,
+    /// Plumtree grafts sent.
+    pub grafts: IntCounter,
+    /// Overlay frames by outcome.
+    pub overlay_frames: IntCounterVec,
     xdp_packets: IntCounterVec,
     verify_batches: IntCounterVec,
     verify_signatures: IntCounterVec,
@@ -270,6 +295,42 @@ impl Metrics {
                 "mesh.agent.messages.lagged",
                 "Messages a slow subscriber missed.",
             )?,
+            overlay_view: gauge_vec(
+                &r,
+                "mesh.overlay.view.size",
+                "Partial-view sizes by view.",
+                "mesh.overlay.view",
+            )?,
+            members: gauge_vec(
+                &r,
+                "mesh.membership.members",
+                "Members in the member table by status.",
+                "mesh.member.status",
+            )?,
+            probes: counter(&r, "mesh.membership.probes", "SWIM probes started.")?,
+            suspicions: counter(
+                &r,
+                "mesh.membership.suspicions",
+                "Suspicions raised after a failed probe.",
+            )?,
+            declared_dead: counter(
+                &r,
+                "mesh.membership.declared_dead",
+                "Members declared dead after their suspicion timed out.",
+            )?,
+            refutations: counter(
+                &r,
+                "mesh.membership.refutations",
+                "Suspicions about this node that it refuted.",
+            )?,
+            prunes: counter(&r, "mesh.gossip.tree.prunes", "Plumtree prunes sent.")?,
+            grafts: counter(&r, "mesh.gossip.tree.grafts", "Plumtree grafts sent.")?,
+            overlay_frames: counter_vec(
+                &r,
+                "mesh.overlay.frames",
+                "Protocol-core control frames by outcome.",
+                "mesh.overlay.frame.outcome",
+            )?,
             xdp_packets: counter_vec(
                 &r,
                 "mesh.xdp.packets",
@@ -341,6 +402,15 @@ impl Metrics {
             &m.verify_queue_full,
         ] {
             c.with_label_values(&["none"]);
+        }
+        for v in OVERLAY_VIEWS {
+            m.overlay_view.with_label_values(&[v]);
+        }
+        for st in MEMBER_STATUSES {
+            m.members.with_label_values(&[st]);
+        }
+        for o in FRAME_OUTCOMES {
+            m.overlay_frames.with_label_values(&[o]);
         }
         m.peers.with_label_values(&["live"]);
         m.peers.with_label_values(&["pending"]);

@@ -267,6 +267,11 @@ impl<R: RngCore> Node<R> {
         self.gossip.eager_version()
     }
 
+    /// Active neighbours that get only lazy `IHave` announcements.
+    pub fn lazy_peers(&self) -> &[NodeId] {
+        self.gossip.lazy_peers()
+    }
+
     /// Active neighbours.
     pub fn active_view(&self) -> &[NodeId] {
         self.views.active()
@@ -731,6 +736,18 @@ impl<R: RngCore> Node<R> {
                 .apply(now, n, MemberState::alive(0), w, true, |x| {
                     views.is_active(x)
                 });
+            self.announce_join(n, MemberState::alive(0));
+        }
+    }
+
+    /// Classic SWIM join dissemination, only while the whole mesh fits one member table
+    /// (`size_hint <= member_capacity`): every member then learns every other within a few
+    /// protocol periods. Beyond that, tables stay partial by design and joins are not
+    /// announced.
+    fn announce_join(&mut self, node: NodeId, state: MemberState) {
+        if self.cfg.size_hint <= self.cfg.member_capacity as u64 {
+            let n = self.n_est();
+            self.swim.enqueue(MemberUpdate { node, state }, n);
         }
     }
 
@@ -800,6 +817,8 @@ impl<R: RngCore> Node<R> {
         let was_gone = old.is_some_and(|o| matches!(o.status, Status::Dead | Status::Left));
         if new.status != Status::Alive || old.is_some_and(|o| o.status != Status::Alive) {
             self.swim.enqueue(MemberUpdate { node, state: new }, n);
+        } else if old.is_none() {
+            self.announce_join(node, new);
         }
         self.events
             .push_back(Event::MemberChanged { node, state: new });
@@ -1229,6 +1248,41 @@ mod tests {
             c.nodes
                 .values()
                 .all(|n| n.eager_version() > 0 && !n.eager_peers().is_empty())
+        );
+    }
+
+    #[test]
+    fn joins_are_announced_only_while_the_mesh_fits_one_member_table() {
+        // 20 nodes, size hint 20 <= capacity: every node learns every member from SWIM
+        // piggybacks within a few periods, although its views hold only a few of them.
+        let mut c = Cluster::new(20);
+        c.run(Duration::from_secs(8));
+        for (me, n) in &c.nodes {
+            assert_eq!(n.members().len(), 19, "{me:?} knows {}", n.members().len());
+            assert!(n.active_view().len() < 19);
+        }
+        // A size hint above the capacity: no announcement of a joiner.
+        let mut big = Node::new(
+            NodeConfig::for_size(100_000),
+            id(1),
+            0,
+            Instant::ZERO,
+            SmallRng::seed_from_u64(1),
+        );
+        big.handle_message(Instant::ZERO, id(2), Message::Join);
+        while big.poll_transmit().is_some() {}
+        big.handle_message(
+            Instant::ZERO,
+            id(3),
+            Message::Ping {
+                seq: 1,
+                updates: Vec::new(),
+            },
+        );
+        let ack = big.poll_transmit();
+        assert!(
+            matches!(&ack, Some((_, Message::Ack { updates, .. })) if updates.iter().all(|u| u.node != id(2))),
+            "{ack:?}"
         );
     }
 

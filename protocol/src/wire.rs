@@ -278,6 +278,31 @@ fn put_ids(out: &mut Vec<u8>, u: &[MsgId]) {
 }
 
 impl Message {
+    /// Every node id the message names (besides its sender and receiver): the ids a driver
+    /// must be able to reach if the receiver acts on them (it attaches address hints for
+    /// these). At most [`MAX_NODES`] + [`MAX_UPDATES`] + 1 ids, in message order.
+    pub fn mentioned_nodes(&self) -> Vec<NodeId> {
+        let ups = |u: &[MemberUpdate]| u.iter().map(|x| x.node).collect::<Vec<_>>();
+        match self {
+            Message::Ping { updates, .. } | Message::Ack { updates, .. } => ups(updates),
+            Message::PingReq {
+                target, updates, ..
+            } => {
+                let mut v = vec![*target];
+                v.extend(ups(updates));
+                v
+            }
+            Message::ForwardJoin { joiner, .. } => vec![*joiner],
+            Message::JoinAck { nodes } | Message::ShuffleReply { nodes } => nodes.clone(),
+            Message::Shuffle { origin, nodes, .. } => {
+                let mut v = vec![*origin];
+                v.extend_from_slice(nodes);
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Appends the encoding to `out`. Lists longer than their wire limit are truncated
     /// (the cores never build such lists; a debug build asserts).
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -516,6 +541,32 @@ mod tests {
                 status: Status::from_u8(s).unwrap_or(Status::Alive),
             },
         })
+    }
+
+    #[test]
+    fn mentioned_nodes_names_every_id_a_receiver_may_contact() {
+        let (a, b, c) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+        let up = |node| MemberUpdate {
+            node,
+            state: MemberState::alive(1),
+        };
+        let m = Message::PingReq {
+            seq: 1,
+            target: a,
+            updates: vec![up(b)],
+        };
+        assert_eq!(m.mentioned_nodes(), vec![a, b]);
+        let m = Message::Shuffle {
+            origin: c,
+            ttl: 2,
+            nodes: vec![a, b],
+        };
+        assert_eq!(m.mentioned_nodes(), vec![c, a, b]);
+        assert_eq!(
+            Message::ForwardJoin { joiner: b, ttl: 3 }.mentioned_nodes(),
+            vec![b]
+        );
+        assert!(Message::Prune.mentioned_nodes().is_empty());
     }
 
     fn message() -> impl Strategy<Value = Message> {

@@ -50,6 +50,17 @@ struct Args {
     /// datagrams instead of QUIC + mTLS).
     #[arg(long)]
     no_tls: bool,
+    /// Control plane: `hyparview` (the protocol cores: SWIM, HyParView,
+    /// Plumtree; needs mutual TLS) or `full` (every node tracks every peer).
+    /// With `--no-tls` it is always `full`.
+    #[arg(long, default_value = "hyparview", value_parser = ["hyparview", "full"])]
+    overlay: String,
+}
+
+impl Args {
+    fn hyparview(&self) -> bool {
+        !self.no_tls && self.overlay == "hyparview"
+    }
 }
 
 struct Node {
@@ -153,6 +164,15 @@ fn write_config(
         node_ip[0], node_ip[1], node_ip[2], node_ip[3]
     );
     let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    let overlay = if args.hyparview() {
+        // Probe twice a second: a crashed demo node is declared dead in seconds.
+        format!(
+            "\n[overlay]\nmode = \"hyparview\"\nexpected_size = {}\nprobe_interval_ms = 500\nprobe_timeout_ms = 200\n",
+            args.nodes
+        )
+    } else {
+        String::new()
+    };
     let text = format!(
         "[node]\nkey_file = \"{}\"\nlisten = \"{ip}:{}\"\napi_listen = \"{ip}:{}\"\nbootstrap = [{}]\n\n[gossip]\nheartbeat_interval_ms = 200\npeer_timeout_ms = 2000\npeer_exchange_interval_ms = 200\n\n[dataplane]\nsocket_rcvbuf = 4194304\n",
         nd.join("node.key").display(),
@@ -161,7 +181,7 @@ fn write_config(
         seeds.join(", ")
     );
     let path = nd.join("meshd.toml");
-    std::fs::write(&path, text + &tls)?;
+    std::fs::write(&path, text + &tls + &overlay)?;
     Ok(path)
 }
 
@@ -195,6 +215,14 @@ fn run(
             "off"
         }
     );
+    println!(
+        "control plane: {}",
+        if args.hyparview() {
+            "hyparview (SWIM + HyParView partial views + Plumtree; the fast path forwards to the eager set)"
+        } else {
+            "full (every node tracks every peer, random fanout)"
+        }
+    );
     let seeds: Vec<SocketAddr> = (0..2.min(args.nodes))
         .map(|i| SocketAddr::from((ip_of(i), args.port)))
         .collect();
@@ -223,9 +251,18 @@ fn run(
         });
     }
 
-    // Wait for the mesh to form: every node sees every other node.
+    // Wait for the mesh to form: every node sees every other node (full), or
+    // has a neighbour and admits every origin (hyparview: partial views).
     let t0 = Instant::now();
     let want = args.nodes - 1;
+    let formed = |s: &serde_json::Value| {
+        if args.hyparview() {
+            s["overlay"]["active"].as_u64().unwrap_or(0) >= 1
+                && s["overlay"]["admitted"].as_u64().unwrap_or(0) as usize >= args.nodes
+        } else {
+            s["peers_live"].as_u64().unwrap_or(0) as usize >= want.min(64)
+        }
+    };
     loop {
         let mut ready = 0;
         for n in nodes.iter_mut() {
@@ -237,7 +274,7 @@ fn run(
                 );
             }
             if let Ok(s) = status(n.api)
-                && s["peers_live"].as_u64().unwrap_or(0) as usize >= want.min(64)
+                && formed(&s)
             {
                 ready += 1;
             }

@@ -75,6 +75,12 @@ pub struct GossipConfig {
     /// **experimental** — with `ceil(log2 n)` it raised payload cost to 1.1-2.5 per node and
     /// did not bring the maximum hop count under `log2(n) + 3` in the simulator.
     pub deep_flood_round: u16,
+    /// The driver's data plane pushes payloads to the eager set itself (the mesh node's fast
+    /// path forwards each new message to [`Plumtree::eager_peers`] before the control plane
+    /// sees it). The core then sends no eager `Gossip` of its own; it still records, announces
+    /// lazily, prunes, grafts and answers `Graft`/`Pull` with `Gossip`. Flood zones are off.
+    /// Default `false` (the simulator and tests push from the core).
+    pub external_eager: bool,
 }
 
 impl Default for GossipConfig {
@@ -91,6 +97,7 @@ impl Default for GossipConfig {
             optimize_threshold: 3,
             flood_rounds: 0,
             deep_flood_round: 0,
+            external_eager: false,
         }
     }
 }
@@ -302,6 +309,9 @@ impl Plumtree {
 
     /// Whether a copy sent at hop count `round` is a flood copy (not a tree push).
     fn is_flood(&self, round: u16) -> bool {
+        if self.cfg.external_eager {
+            return false;
+        }
         round < self.cfg.flood_rounds
             || (self.cfg.deep_flood_round > 0 && round >= self.cfg.deep_flood_round)
     }
@@ -316,11 +326,12 @@ impl Plumtree {
         out: &mut Outbox,
     ) {
         let flood = self.is_flood(round);
-        for p in self
-            .eager
-            .iter()
-            .chain(if flood { &self.lazy[..] } else { &[] })
-        {
+        let eager: &[NodeId] = if self.cfg.external_eager {
+            &[]
+        } else {
+            &self.eager
+        };
+        for p in eager.iter().chain(if flood { &self.lazy[..] } else { &[] }) {
             if Some(*p) != except {
                 out.push_back((
                     *p,
@@ -687,6 +698,41 @@ mod tests {
         assert!(matches!(out.pop_front(), Some((to, Message::Prune)) if to == n(2)));
         assert_eq!(p.eager_peers(), &[n(1)]);
         assert_eq!(p.lazy_peers(), &[n(2)]);
+    }
+
+    #[test]
+    fn external_eager_leaves_the_payload_push_to_the_data_plane() {
+        let cfg = GossipConfig {
+            external_eager: true,
+            ..Default::default()
+        };
+        let mut p = Plumtree::new(cfg, Instant::ZERO);
+        let mut out = Outbox::new();
+        p.neighbor_up(n(1));
+        p.neighbor_up(n(2));
+        p.neighbor_up(n(3));
+        p.on_prune(n(3));
+        let d = p.on_gossip(Instant::ZERO, n(1), true, m(5), 0, vec![], &mut out);
+        assert_eq!(d.map(|d| d.round), Some(1));
+        assert!(
+            !out.iter().any(|(_, m)| matches!(m, Message::Gossip { .. })),
+            "no eager payload from the core: {out:?}"
+        );
+        // the lazy peer still gets an IHave once the batch flushes
+        let t = p.poll_timeout();
+        p.on_timeout(t, &mut out);
+        assert!(
+            out.iter()
+                .any(|(to, m)| *to == n(3) && matches!(m, Message::IHave { .. }))
+        );
+        out.clear();
+        // a duplicate from an eager link still prunes it; a graft is still answered
+        p.on_gossip(t, n(2), true, m(5), 0, vec![], &mut out);
+        assert!(matches!(out.pop_front(), Some((to, Message::Prune)) if to == n(2)));
+        p.on_graft(n(3), true, &[m(5)], &mut out);
+        assert!(
+            matches!(out.pop_front(), Some((to, Message::Gossip { id, .. })) if to == n(3) && id == m(5))
+        );
     }
 
     #[test]

@@ -26,11 +26,14 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, OverlayMode};
 use crate::control::{ControlMsg, MAX_IDS_PER_DIGEST};
 use crate::metrics::{KIND_NAMES, Metrics};
 use crate::peers::{Nanos, PeerConfig, PeerEvent, PeerTable};
 use crate::store::MessageStore;
+
+mod overlay;
+pub use overlay::OverlayStatus;
 
 /// A data message delivered to local agents.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -73,8 +76,15 @@ pub struct PeerView {
     pub node_id: String,
     /// Mesh address.
     pub addr: SocketAddr,
-    /// Milliseconds since last heard from.
-    pub last_heard_ms: u64,
+    /// Milliseconds since last heard from (peer-table mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_heard_ms: Option<u64>,
+    /// Smoothed probe round-trip time in µs, once measured (hyparview mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u32>,
+    /// Whether the fast path forwards payloads to it (Plumtree eager link; hyparview mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eager: Option<bool>,
 }
 
 /// Node status as the API shows it.
@@ -92,14 +102,19 @@ pub struct Status {
     pub listen: SocketAddr,
     /// Agent API address.
     pub api: SocketAddr,
-    /// Live peers.
+    /// `full` (peer table) or `hyparview` (protocol cores).
+    pub overlay_mode: String,
+    /// Live peers (hyparview: the active view).
     pub peers_live: usize,
-    /// Addresses learned but not yet answering.
+    /// Addresses learned but not yet answering (hyparview: the passive view).
     pub peers_pending: usize,
-    /// Members that stopped answering and are still probed.
+    /// Members that stopped answering and are still probed (hyparview: suspected or dead).
     pub peers_unreachable: usize,
     /// True while this node reaches fewer than n − f of the n members it knows.
     pub partitioned: bool,
+    /// Views, members and partition verdict of the protocol cores (hyparview mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayStatus>,
     /// Messages held for repair.
     pub stored_messages: usize,
     /// Datagrams received by the fast path.
@@ -317,9 +332,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let mut seed = [0u8; 8];
     getrandom_seed(&mut seed);
     let g = &cfg.gossip;
+    let hyparview = cfg.overlay.mode == OverlayMode::Hyparview;
     let tile_cfg = TileConfig {
         batch_size: cfg.dataplane.batch_size,
-        fanout: g.fanout,
+        // hyparview: the forward set is the eager set, and every member of it gets the payload
+        fanout: if hyparview {
+            tile::MAX_FANOUT
+        } else {
+            g.fanout
+        },
         pipeline: PipelineConfig {
             replay_window_us: g.replay_window_ms * 1_000,
             max_clock_skew_us: g.max_clock_skew_ms * 1_000,
@@ -408,7 +429,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     );
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let (connected_tx, connected_rx) = mpsc::channel(256);
+    let (dial_tx, dial_rx) = mpsc::channel(1024);
+    getrandom_seed(&mut seed);
+    let overlay = hyparview.then(|| {
+        overlay::OverlayState::new(
+            &cfg,
+            id.0,
+            0,
+            SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
+            dial_tx,
+        )
+    });
     let control = Control {
+        overlay,
         _otlp: otlp,
         transport,
         connecting: std::collections::HashSet::new(),
@@ -434,7 +467,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         payload: Vec::with_capacity(wire::MAX_PAYLOAD),
         forward_version: u64::MAX,
     };
-    let task = tokio::spawn(control.run(in_rx, api_rx, shutdown_rx, connected_rx));
+    let task = tokio::spawn(control.run(in_rx, api_rx, shutdown_rx, connected_rx, dial_rx));
     Ok(NodeHandle {
         shared,
         udp_addr,
@@ -486,6 +519,9 @@ fn getrandom_seed(seed: &mut [u8; 8]) {
 }
 
 struct Control {
+    /// The protocol cores and their I/O state (`overlay.mode = "hyparview"`); the peer
+    /// table runs otherwise.
+    overlay: Option<overlay::OverlayState>,
     /// OTLP export; flushes when the node stops.
     _otlp: Option<crate::otlp::OtlpExport>,
     cfg: Config,
@@ -530,10 +566,15 @@ impl Control {
         mut api: mpsc::Receiver<ApiCmd>,
         mut shutdown: oneshot::Receiver<()>,
         mut connected_rx: mpsc::Receiver<SocketAddr>,
+        mut dial_rx: mpsc::Receiver<overlay::DialDone>,
     ) {
         loop {
             let now = self.now();
-            let next = self.peers.poll_timeout().min(self.next_anti_entropy);
+            let next = match &self.overlay {
+                Some(o) => o.next_deadline(),
+                None => self.peers.poll_timeout(),
+            }
+            .min(self.next_anti_entropy);
             let wait = Duration::from_nanos(next.saturating_sub(now));
             tokio::select! {
                 m = inbound.recv() => match m {
@@ -552,14 +593,23 @@ impl Control {
                 Some(ctrl) = connected_rx.recv() => {
                     self.connecting.remove(&ctrl);
                 }
+                Some(d) = dial_rx.recv() => self.overlay_dial_done(d),
                 _ = &mut shutdown => {
-                    self.peers.leave();
-                    self.flush_peer_transmits();
+                    if self.overlay.is_some() {
+                        self.overlay_leave();
+                    } else {
+                        self.peers.leave();
+                        self.flush_peer_transmits();
+                    }
                     break;
                 }
             }
-            self.flush_peer_transmits();
-            self.sync_forward_set();
+            if self.overlay.is_some() {
+                self.overlay_flush();
+            } else {
+                self.flush_peer_transmits();
+                self.sync_forward_set();
+            }
         }
         if let Some(t) = &self.transport {
             // Let the goodbyes go out before closing the connections.
@@ -574,6 +624,19 @@ impl Control {
 
     fn handle_timeout(&mut self) {
         let now = self.now();
+        if self.overlay.is_some() {
+            self.overlay_timeout(now);
+            if now >= self.next_anti_entropy {
+                // The cores run their own anti-entropy; the store only expires here.
+                self.next_anti_entropy = now + self.cfg.gossip.anti_entropy_interval_ms * 1_000_000;
+                self.store.expire(now);
+                self.shared
+                    .metrics
+                    .store_messages
+                    .set(self.store.len() as i64);
+            }
+            return;
+        }
         self.peers.handle_timeout(now);
         if now >= self.next_anti_entropy {
             self.next_anti_entropy = now + self.cfg.gossip.anti_entropy_interval_ms * 1_000_000;
@@ -600,7 +663,9 @@ impl Control {
         };
         let origin = NodeId(*p.origin());
         if m.kind == Kind::Data {
-            self.accept_data(now, &p, m.received_us, false);
+            if self.accept_data(now, &p, m.received_us, false) && self.overlay.is_some() {
+                self.overlay_data(&p, m.from, false);
+            }
             return;
         }
         if self.transport.is_some() {
@@ -623,6 +688,14 @@ impl Control {
     /// A control frame from a peer authenticated by mutual TLS. `remote` is
     /// its QUIC address; its mesh (data) address is one port below.
     fn handle_frame(&mut self, id: mesh_transport::NodeId, remote: SocketAddr, frame: &[u8]) {
+        if self.overlay.is_some() {
+            if frame.first() == Some(&crate::overlay::FRAME_OVERLAY) {
+                self.overlay_frame(id, remote, frame);
+            } else {
+                self.shared.metrics.control_invalid.inc();
+            }
+            return;
+        }
         let now = self.now();
         let Some(data_addr) = data_addr_of(remote) else {
             return;
@@ -749,6 +822,10 @@ impl Control {
                 let _ = reply.send(self.status());
             }
             ApiCmd::Peers(reply) => {
+                if let Some(v) = self.overlay_peers() {
+                    let _ = reply.send(v);
+                    return;
+                }
                 let now = self.now();
                 let v = self
                     .peers
@@ -756,7 +833,9 @@ impl Control {
                     .map(|p| PeerView {
                         node_id: p.id.to_hex(),
                         addr: p.addr,
-                        last_heard_ms: now.saturating_sub(p.last_heard) / 1_000_000,
+                        last_heard_ms: Some(now.saturating_sub(p.last_heard) / 1_000_000),
+                        rtt_us: None,
+                        eager: None,
                     })
                     .collect();
                 let _ = reply.send(v);
@@ -789,6 +868,9 @@ impl Control {
             return Err(PublishError::Unavailable("fast path queue full"));
         }
         self.accept_data(now, &p, ts, true);
+        if self.overlay.is_some() {
+            self.overlay_data(&p, self.udp_addr, true);
+        }
         self.shared.metrics.published.inc();
         Ok(Receipt {
             id: id.to_hex(),
@@ -797,8 +879,19 @@ impl Control {
         })
     }
 
-    fn status(&self) -> Status {
+    fn status(&mut self) -> Status {
         use std::sync::atomic::Ordering::Relaxed;
+        let (peers_live, peers_pending, peers_unreachable, partitioned, overlay) =
+            match self.overlay_status() {
+                Some((l, p, u, part, o)) => (l, p, u, part, Some(o)),
+                None => (
+                    self.peers.live_count(),
+                    self.peers.pending_count(),
+                    self.peers.unreachable_count(),
+                    self.peers.partitioned(),
+                    None,
+                ),
+            };
         let sum = |f: &dyn Fn(&tile::TileStats) -> u64| {
             self.tiles.iter().map(|t| f(t.stats())).sum::<u64>()
         };
@@ -819,10 +912,17 @@ impl Control {
             node_id: self.shared.id.to_hex(),
             listen: self.udp_addr,
             api: self.api_addr,
-            peers_live: self.peers.live_count(),
-            peers_pending: self.peers.pending_count(),
-            peers_unreachable: self.peers.unreachable_count(),
-            partitioned: self.peers.partitioned(),
+            overlay_mode: if overlay.is_some() {
+                "hyparview"
+            } else {
+                "full"
+            }
+            .to_owned(),
+            peers_live,
+            peers_pending,
+            peers_unreachable,
+            partitioned,
+            overlay,
             stored_messages: self.store.len(),
             received: sum(&|s| s.received.load(Relaxed)),
             accepted: (1..7)

@@ -91,6 +91,10 @@ pub struct OverlayConfig {
     /// How long a member declared dead still counts as "should be reachable" for the
     /// partition verdict, and is probed so a heal re-merges by itself.
     pub partition_window_ms: u64,
+    /// Plumtree: wait after the first announcement (`IHave`) of a message that has not
+    /// arrived before pulling it from the announcer (graft); the next announcer is tried
+    /// half as long later.
+    pub ihave_timeout_ms: u64,
     /// Most node addresses remembered.
     pub address_book_capacity: usize,
     /// Most origins the fast path admits data from.
@@ -107,6 +111,7 @@ impl Default for OverlayConfig {
             suspicion_alpha: 4,
             suspicion_beta: 6,
             partition_window_ms: 600_000,
+            ihave_timeout_ms: 100,
             address_book_capacity: 65_536,
             admitted_capacity: 1 << 20,
         }
@@ -513,6 +518,11 @@ impl Config {
             o.partition_window_ms >= 1_000,
             "overlay.partition_window_ms",
             "must be at least 1000",
+        )?;
+        check(
+            (2..=60_000).contains(&o.ihave_timeout_ms),
+            "overlay.ihave_timeout_ms",
+            "must be 2..=60000",
         )?;
         check(
             (16..=1 << 24).contains(&o.address_book_capacity),

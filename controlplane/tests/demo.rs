@@ -20,6 +20,9 @@ fn demo_mesh_delivers_everything_and_rejects_the_misbehaving_node() {
         stdout.contains("forged/tampered/replayed messages delivered: 0"),
         "{stdout}"
     );
+    // The default control plane is the protocol cores, with partial views.
+    assert!(stdout.contains("control plane: hyparview"), "{stdout}");
+    assert!(stdout.contains("overlay views per node"), "{stdout}");
     // Eight node rows, each 30/30.
     assert_eq!(stdout.matches("30/30").count(), 8, "{stdout}");
 }

@@ -5,6 +5,10 @@
 //! node is killed (detected and removed by the others) and restarted with the
 //! same key (it rejoins and receives again).
 //!
+//! It runs twice: on the peer-table control plane (`overlay.mode = "full"`,
+//! plain UDP control) and on the protocol cores (`overlay.mode = "hyparview"`:
+//! SWIM, HyParView partial views, Plumtree, over mutual TLS).
+//!
 //! Needs root; otherwise it says why and passes.
 
 mod common;
@@ -19,7 +23,41 @@ use common::{Daemon, Ns, ctl, sh, try_status};
 
 const NODES: usize = 6;
 
-fn write_config(dir: &Path, i: usize) -> PathBuf {
+/// Which control plane the six nodes run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Full,
+    Hyparview,
+}
+
+/// `[tls]` + `[overlay]` for the protocol cores: a certificate for the node's key.
+fn hyparview_sections(dir: &Path, i: usize, ca: &mesh_transport::MeshCa) -> String {
+    let key = dir.join(format!("n{i}.key"));
+    let (id, _) = dataplane::identity::Identity::load_or_create(&key).expect("node key");
+    let der = ca
+        .issue(id.node_id().0, Duration::from_secs(3600))
+        .expect("issue");
+    let cert = dir.join(format!("n{i}.crt"));
+    std::fs::write(&cert, mesh_transport::ca::cert_to_pem(&der)).expect("write cert");
+    format!(
+        r#"
+[tls]
+enabled = true
+ca_cert = "{ca}"
+cert = "{cert}"
+
+[overlay]
+mode = "hyparview"
+expected_size = {NODES}
+probe_interval_ms = 200
+probe_timeout_ms = 100
+"#,
+        ca = dir.join("ca.crt").display(),
+        cert = cert.display(),
+    )
+}
+
+fn write_config(dir: &Path, i: usize, ca: Option<&mesh_transport::MeshCa>) -> PathBuf {
     // Seeds on both sides of the future cut.
     let seeds: Vec<String> = [1, 4]
         .iter()
@@ -42,7 +80,9 @@ anti_entropy_interval_ms = 100
         key = dir.join(format!("n{i}.key")).display(),
         ip = i + 1,
         seeds = seeds.join(", "),
-    );
+    ) + &ca
+        .map(|ca| hyparview_sections(dir, i, ca))
+        .unwrap_or_default();
     let path = dir.join(format!("n{i}.toml"));
     std::fs::write(&path, text).expect("write config");
     path
@@ -109,13 +149,45 @@ fn finish(sub: std::process::Child, limit: Duration) -> HashSet<String> {
 
 #[test]
 fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
+    scenario(Mode::Full);
+}
+
+#[test]
+fn six_nodes_on_the_protocol_cores_detect_a_partition_heal_and_survive_a_crash() {
+    scenario(Mode::Hyparview);
+}
+
+/// Members the node believes alive (hyparview), or its live peers (full).
+fn alive(st: &serde_json::Value, mode: Mode) -> u64 {
+    match mode {
+        Mode::Full => st["peers_live"].as_u64().unwrap_or(0),
+        Mode::Hyparview => st["overlay"]["members"]["alive"].as_u64().unwrap_or(0),
+    }
+}
+
+/// Every other node known alive; with partial views also: a neighbour, and
+/// every origin admitted.
+fn formed(st: &serde_json::Value, mode: Mode, others: u64) -> bool {
+    alive(st, mode) == others
+        && (mode == Mode::Full
+            || (st["overlay"]["active"].as_u64().unwrap_or(0) >= 1
+                && st["overlay"]["admitted"].as_u64().unwrap_or(0) > others))
+}
+
+fn scenario(mode: Mode) {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
         eprintln!("skipping: needs root for network namespaces");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let sw = Ns::new("ps");
+    let tag = if mode == Mode::Full { "p" } else { "h" };
+    let ca = (mode == Mode::Hyparview).then(|| {
+        let ca = mesh_transport::MeshCa::generate().expect("CA");
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).expect("write CA");
+        ca
+    });
+    let sw = Ns::new(&format!("{tag}s"));
     // Two bridges (one per side of the future cut) joined by a trunk veth;
     // the partition is the trunk going down.
     for br in ["br0", "br1"] {
@@ -127,7 +199,7 @@ fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
     sw.ip(&["link", "set", "tb", "master", "br1"]);
     sw.ip(&["link", "set", "ta", "up"]);
     sw.ip(&["link", "set", "tb", "up"]);
-    let nss: Vec<Ns> = (0..NODES).map(|i| Ns::new(&format!("p{i}"))).collect();
+    let nss: Vec<Ns> = (0..NODES).map(|i| Ns::new(&format!("{tag}{i}"))).collect();
     for (i, ns) in nss.iter().enumerate() {
         let port = format!("q{i}");
         sh(&[
@@ -145,7 +217,9 @@ fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
         ]);
         sw.ip(&["link", "set", &port, "up"]);
     }
-    let cfgs: Vec<PathBuf> = (0..NODES).map(|i| write_config(dir.path(), i)).collect();
+    let cfgs: Vec<PathBuf> = (0..NODES)
+        .map(|i| write_config(dir.path(), i, ca.as_ref()))
+        .collect();
     let log = |i: usize| dir.path().join(format!("n{i}.log"));
     let mut daemons: Vec<Option<Daemon>> = (0..NODES)
         .map(|i| Some(start(&nss[i], &cfgs[i], &log(i))))
@@ -163,11 +237,21 @@ fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
     let status = |i: usize| try_status(&nss[i]).unwrap_or(serde_json::Value::Null);
 
     wait(
-        "a full mesh of 6",
+        "a mesh of 6",
         Duration::from_secs(20),
-        || (0..NODES).all(|i| status(i)["peers_live"] == NODES as u64 - 1),
+        || (0..NODES).all(|i| formed(&status(i), mode, NODES as u64 - 1)),
         &logs,
     );
+    if mode == Mode::Hyparview {
+        // Partial views: nobody's active view holds the whole mesh.
+        let views: Vec<u64> = (0..NODES)
+            .map(|i| status(i)["overlay"]["active"].as_u64().unwrap_or(0))
+            .collect();
+        assert!(
+            views.iter().all(|v| *v < NODES as u64 - 1),
+            "active views {views:?}"
+        );
+    }
 
     // Cut {3,4,5} off from {0,1,2}.
     let side_a = [0usize, 1, 2];
@@ -175,7 +259,7 @@ fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
     sw.ip(&["link", "set", "ta", "down"]);
     wait(
         "every node to report the partition",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || (0..NODES).all(|i| status(i)["partitioned"] == true),
         &logs,
     );
@@ -193,14 +277,34 @@ fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
             ids.insert(r["id"].as_str().unwrap_or_default().to_owned());
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
-    for i in side_a.iter().chain(&side_b) {
-        let st = status(*i);
-        assert!(
-            st["stored_messages"].as_u64().unwrap_or(0) >= 5,
-            "n{i} lost its own side's messages: {st}"
-        );
-    }
+    // Each side delivers its own messages. The peer table pushes to every
+    // live peer at once; partial views first replace the neighbours on the
+    // other side (declared dead) from the passive view, then anti-entropy
+    // and lazy push catch up, which takes seconds.
+    let within = match mode {
+        Mode::Full => Duration::from_millis(500),
+        Mode::Hyparview => Duration::from_secs(15),
+    };
+    wait(
+        "each side to deliver its own messages",
+        within,
+        || {
+            side_a
+                .iter()
+                .chain(&side_b)
+                .all(|i| status(*i)["stored_messages"].as_u64().unwrap_or(0) >= 5)
+        },
+        &|| {
+            format!(
+                "{}\n{}",
+                (0..NODES)
+                    .map(|i| status(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                logs()
+            )
+        },
+    );
 
     // Heal: nobody re-joins by hand.
     sw.ip(&["link", "set", "ta", "up"]);
@@ -219,7 +323,8 @@ fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
         Duration::from_secs(15),
         || {
             (0..NODES).all(|i| {
-                status(i)["partitioned"] == false && status(i)["peers_live"] == NODES as u64 - 1
+                let st = status(i);
+                st["partitioned"] == false && alive(&st, mode) == NODES as u64 - 1
             })
         },
         &logs,
@@ -230,8 +335,15 @@ fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
     crashed.crash();
     wait(
         "the crash to be detected",
-        Duration::from_secs(10),
-        || (0..5).all(|i| status(i)["peers_live"] == 4),
+        Duration::from_secs(20),
+        || {
+            (0..5).all(|i| {
+                let st = status(i);
+                // hyparview: suspected is not enough, it must be declared dead
+                alive(&st, mode) == 4
+                    && (mode == Mode::Full || st["overlay"]["members"]["dead"] == 1)
+            })
+        },
         &logs,
     );
     for (i, ns) in nss.iter().enumerate().take(5) {
@@ -251,7 +363,7 @@ fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
     wait(
         "the restarted node to rejoin",
         Duration::from_secs(15),
-        || status(5)["peers_live"] == 5 && (0..5).all(|i| status(i)["peers_live"] == 5),
+        || formed(&status(5), mode, 5) && (0..5).all(|i| alive(&status(i), mode) == 5),
         &logs,
     );
     // Its own topic: anti-entropy also brings the restarted node the older

@@ -183,6 +183,8 @@ pub struct Pipeline {
     keys: Vec<u64>,
     verdicts: Vec<bool>,
     deferred: Vec<usize>,
+    /// Batch indices of the last screen's duplicates of earlier batches.
+    dups: Vec<u16>,
 }
 
 /// Seen-cache entries outlive the replay window by this much, so a message
@@ -206,6 +208,7 @@ impl Pipeline {
             keys: Vec::with_capacity(MAX_BATCH),
             verdicts: vec![false; MAX_BATCH],
             deferred: Vec::with_capacity(MAX_BATCH),
+            dups: Vec::with_capacity(MAX_BATCH),
         }
     }
 
@@ -223,6 +226,14 @@ impl Pipeline {
     /// Seen-cache counters so far.
     pub fn seen_stats(&self) -> SeenStats {
         self.seen.stats()
+    }
+
+    /// Batch indices, in the batch last given to [`Pipeline::process`] or
+    /// [`Pipeline::screen_batch`], of the datagrams dropped as copies of
+    /// messages seen in earlier batches. A Plumtree driver turns those that
+    /// came from an eager peer into prunes.
+    pub fn last_duplicates(&self) -> &[u16] {
+        &self.dups
     }
 
     /// Moves an accepted message of `kind` to the `queue_full` drop column:
@@ -297,11 +308,13 @@ impl Pipeline {
         for (v, bytes) in views.iter_mut().zip(batch) {
             *v = self.screen(wall_us, bytes);
         }
-        for v in views.iter_mut().take(batch.len()) {
+        self.dups.clear();
+        for (i, v) in views.iter_mut().enumerate().take(batch.len()) {
             if let Some((_, key)) = v
                 && self.seen.contains(*key, now_ns)
             {
                 self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                self.dups.push(i as u16);
                 *v = None;
             }
         }

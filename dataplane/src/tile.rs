@@ -59,6 +59,11 @@ pub struct TileConfig {
     /// Admission of message origins (mutual TLS membership); `None` admits
     /// every correctly signed message.
     pub admission: Option<crate::pipeline::Admission>,
+    /// Hand the control plane a notice for each duplicate data message that
+    /// came from a forward-set peer (see [`Inbound::duplicate`]): a Plumtree
+    /// control plane prunes those links. Duplicates from other addresses are
+    /// never reported, so the notices are bounded by the forward set.
+    pub report_duplicates: bool,
 }
 
 impl core::fmt::Debug for TileConfig {
@@ -69,6 +74,7 @@ impl core::fmt::Debug for TileConfig {
             .field("core", &self.core)
             .field("verify_pool", &self.verify_pool)
             .field("admission", &self.admission.is_some())
+            .field("report_duplicates", &self.report_duplicates)
             .finish_non_exhaustive()
     }
 }
@@ -84,6 +90,11 @@ pub struct Inbound {
     pub from: SocketAddr,
     /// Local wall clock at receipt, µs since the Unix epoch.
     pub received_us: u64,
+    /// A duplicate notice, not a message: `bytes` is only the 64-byte
+    /// signature of a data message this node had already accepted, received
+    /// again from `from` (a forward-set peer). Never verified again, so it
+    /// proves nothing beyond "this address sent a copy".
+    pub duplicate: bool,
 }
 
 /// Commands from the control plane.
@@ -400,6 +411,7 @@ fn accept(
         kind,
         from,
         received_us: wall,
+        duplicate: false,
     };
     match (ctx.inbound)(msg) {
         handoff::SendOutcome::Sent => {}
@@ -535,11 +547,31 @@ impl<B: Backend> Run<B> {
                 if let Some(vs) = self.verify.as_mut() {
                     // Screen here, verify on the pool's cores.
                     pipeline.screen_batch(now_ns, wall, &views[..n], &mut accepted);
+                    if self.cfg.report_duplicates {
+                        report_duplicates(
+                            &pipeline,
+                            &views,
+                            |i| batch.from(i),
+                            &self.forward,
+                            &self.inbound,
+                            wall,
+                        );
+                    }
                     if !accepted.is_empty() {
                         submit(vs, &mut pipeline, &accepted, |i| batch.from(i), wall);
                     }
                 } else {
                     pipeline.process(now_ns, wall, &views[..n], &mut accepted);
+                    if self.cfg.report_duplicates {
+                        report_duplicates(
+                            &pipeline,
+                            &views,
+                            |i| batch.from(i),
+                            &self.forward,
+                            &self.inbound,
+                            wall,
+                        );
+                    }
                     let peers = self.forward.load();
                     let mut ctx =
                         AcceptCtx::new(&self.inbound, &self.stop, &mut self.rng, &peers, fanout);
@@ -692,6 +724,44 @@ fn recycle_msgs<'b>(mut v: Vec<(SocketAddr, &[u8])>) -> Vec<(SocketAddr, &'b [u8
 
 fn core_affinity_pin(core: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id: core })
+}
+
+/// Hands the control plane a notice for each duplicate data message of the
+/// last batch that came from a forward-set peer. Advisory: a full queue just
+/// loses the notice (the duplicate itself is already counted).
+fn report_duplicates(
+    pipeline: &Pipeline,
+    views: &[&[u8]],
+    from: impl Fn(usize) -> SocketAddr,
+    forward: &ArcSwap<ForwardSet>,
+    inbound: &handoff::InboundSender,
+    wall: u64,
+) {
+    let dups = pipeline.last_duplicates();
+    if dups.is_empty() {
+        return;
+    }
+    let peers = forward.load();
+    for &i in dups {
+        let i = usize::from(i);
+        let src = from(i);
+        if !peers.peers.contains(&src) {
+            continue;
+        }
+        let Some(Ok(p)) = views.get(i).map(|v| Packet::parse(v)) else {
+            continue;
+        };
+        if p.kind() != Kind::Data {
+            continue;
+        }
+        let _ = inbound(Inbound {
+            bytes: p.signature().to_vec(),
+            kind: Kind::Data,
+            from: src,
+            received_us: wall,
+            duplicate: true,
+        });
+    }
 }
 
 /// Largest fanout the forward decision supports.

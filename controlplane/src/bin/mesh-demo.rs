@@ -475,6 +475,27 @@ fn run(
         pct(&all_lat, 99) as f64 / 1000.0,
         all_lat.len()
     );
+    if args.hyparview() {
+        // Partial views and the Plumtree tree, per node.
+        let views: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                let s = status(n.api).unwrap_or_default();
+                let o = &s["overlay"];
+                format!(
+                    "{}/{}/{}",
+                    o["active"].as_u64().unwrap_or(0),
+                    o["passive"].as_u64().unwrap_or(0),
+                    o["eager"].as_u64().unwrap_or(0)
+                )
+            })
+            .collect();
+        println!(
+            "overlay views per node (active/passive/eager of {} others): {}",
+            nodes.len() - 1,
+            views.join(" ")
+        );
+    }
     println!(
         "duplicates dropped before verify: {}",
         totals.get("duplicate").copied().unwrap_or(0)

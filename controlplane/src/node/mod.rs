@@ -351,6 +351,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         core: cfg.dataplane.rx_core,
         verify_pool: cfg.dataplane.verify_pool(),
         admission,
+        // Plumtree prunes on copies from eager peers.
+        report_duplicates: hyparview,
     };
     let mut tiles = Vec::new();
     let mut xdp = None;
@@ -658,6 +660,12 @@ impl Control {
 
     fn handle_inbound(&mut self, m: Inbound) {
         let now = self.now();
+        if m.duplicate {
+            if self.overlay.is_some() {
+                self.overlay_duplicate(&m);
+            }
+            return;
+        }
         let Ok(p) = Packet::parse(&m.bytes) else {
             return;
         };

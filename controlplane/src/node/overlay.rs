@@ -106,6 +106,9 @@ pub(super) fn core_config(cfg: &Config) -> CoreConfig {
     c.swim.suspicion_beta = o.suspicion_beta;
     c.partition.window = ms(o.partition_window_ms);
     c.gossip.external_eager = true;
+    c.gossip.anti_entropy_interval = ms(cfg.gossip.anti_entropy_interval_ms);
+    c.gossip.ihave_timeout = ms(o.ihave_timeout_ms);
+    c.gossip.graft_timeout = ms(o.ihave_timeout_ms.div_ceil(2));
     c.gossip.retention = ms(cfg.gossip.retention_ms);
     c.gossip.max_store = cfg.gossip.max_stored_messages;
     c
@@ -356,6 +359,31 @@ impl Control {
                         },
                     );
                 }
+            }
+        });
+    }
+
+    /// A copy of an accepted message came from an eager peer: the core prunes that link
+    /// (the tree already reaches this node another way).
+    pub(super) fn overlay_duplicate(&mut self, m: &dataplane::tile::Inbound) {
+        let Ok(sig) = <&[u8; 64]>::try_from(&m.bytes[..]) else {
+            return;
+        };
+        let now = self.now();
+        let id = msg_id(&wire::MessageId::from_signature(sig));
+        self.with_overlay(|_, o| {
+            if let Some(from) = o.book.id_at(&m.from)
+                && o.core.has_message(&id)
+            {
+                o.core.handle_message(
+                    t(now),
+                    from,
+                    Message::Gossip {
+                        id,
+                        round: 0,
+                        payload: Vec::new(),
+                    },
+                );
             }
         });
     }

@@ -95,6 +95,9 @@ pub struct OverlayConfig {
     /// arrived before pulling it from the announcer (graft); the next announcer is tried
     /// half as long later.
     pub ihave_timeout_ms: u64,
+    /// Plumtree: duplicates in a row an eager link must deliver (with no first copy in
+    /// between) before it is pruned to lazy. 1 is the paper's rule.
+    pub prune_after_duplicates: u8,
     /// Most node addresses remembered.
     pub address_book_capacity: usize,
     /// Most origins the fast path admits data from.
@@ -112,6 +115,7 @@ impl Default for OverlayConfig {
             suspicion_beta: 6,
             partition_window_ms: 600_000,
             ihave_timeout_ms: 100,
+            prune_after_duplicates: 3,
             address_book_capacity: 65_536,
             admitted_capacity: 1 << 20,
         }
@@ -523,6 +527,11 @@ impl Config {
             (2..=60_000).contains(&o.ihave_timeout_ms),
             "overlay.ihave_timeout_ms",
             "must be 2..=60000",
+        )?;
+        check(
+            o.prune_after_duplicates >= 1,
+            "overlay.prune_after_duplicates",
+            "must be 1..=255",
         )?;
         check(
             (16..=1 << 24).contains(&o.address_book_capacity),

@@ -490,6 +490,28 @@ fn run(
                 )
             })
             .collect();
+        if std::env::var_os("MESH_DEMO_EDGES").is_some() {
+            for n in nodes.iter() {
+                let p: serde_json::Value = ureq::get(&format!("http://{}/v1/peers", n.api))
+                    .call()?
+                    .into_json()?;
+                let e: Vec<String> = p
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|x| {
+                                format!(
+                                    "{}{}",
+                                    x["addr"].as_str().unwrap_or("?"),
+                                    if x["eager"] == true { "*" } else { "" }
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!("  {} -> {}", n.udp, e.join(" "));
+            }
+        }
         println!(
             "overlay views per node (active/passive/eager of {} others): {}",
             nodes.len() - 1,

@@ -108,6 +108,7 @@ pub(super) fn core_config(cfg: &Config) -> CoreConfig {
     c.gossip.external_eager = true;
     c.gossip.anti_entropy_interval = ms(cfg.gossip.anti_entropy_interval_ms);
     c.gossip.ihave_timeout = ms(o.ihave_timeout_ms);
+    c.gossip.prune_after_duplicates = o.prune_after_duplicates;
     c.gossip.graft_timeout = ms(o.ihave_timeout_ms.div_ceil(2));
     c.gossip.retention = ms(cfg.gossip.retention_ms);
     c.gossip.max_store = cfg.gossip.max_stored_messages;

@@ -81,6 +81,12 @@ pub struct GossipConfig {
     /// lazily, prunes, grafts and answers `Graft`/`Pull` with `Gossip`. Flood zones are off.
     /// Default `false` (the simulator and tests push from the core).
     pub external_eager: bool,
+    /// Duplicates in a row (with no first copy in between) an eager link must deliver before
+    /// it is pruned. 1 is the paper's rule. Higher damps concurrent prunes when many origins
+    /// publish at once: each cycle of the overlay gets cut at several places at the same
+    /// time under the paper's rule, and the cut-off nodes then get every message by graft.
+    /// Default 1.
+    pub prune_after_duplicates: u8,
 }
 
 impl Default for GossipConfig {
@@ -98,6 +104,7 @@ impl Default for GossipConfig {
             flood_rounds: 0,
             deep_flood_round: 0,
             external_eager: false,
+            prune_after_duplicates: 1,
         }
     }
 }
@@ -154,6 +161,11 @@ pub struct Plumtree {
     version: u64,
     store: BTreeMap<MsgId, Stored>,
     missing: BTreeMap<MsgId, Missing>,
+    /// Ids this node asked for with `Pull` (anti-entropy): their payloads say nothing about
+    /// the tree, so they neither make the sender eager nor, as duplicates, prune it.
+    pulled: BTreeMap<MsgId, NodeId>,
+    /// Duplicates in a row per eager peer since its last first copy.
+    dup_streak: BTreeMap<NodeId, u8>,
     lazy_queue: BTreeMap<NodeId, Vec<(MsgId, u16)>>,
     flush_at: Option<Instant>,
     next_ae: Instant,
@@ -183,6 +195,8 @@ impl Plumtree {
             version: 0,
             store: BTreeMap::new(),
             missing: BTreeMap::new(),
+            pulled: BTreeMap::new(),
+            dup_streak: BTreeMap::new(),
             lazy_queue: BTreeMap::new(),
             flush_at: None,
             next_ae,
@@ -254,6 +268,7 @@ impl Plumtree {
         }
         self.lazy.retain(|x| x != p);
         self.lazy_queue.remove(p);
+        self.dup_streak.remove(p);
         for m in self.missing.values_mut() {
             m.announcers.retain(|x| x != p);
         }
@@ -388,11 +403,23 @@ impl Plumtree {
         out: &mut Outbox,
     ) -> Option<Delivery> {
         let from_flood = self.is_flood(round);
+        // the answer to our pull, from the peer we pulled from
+        let pulled = self.pulled.get(&id) == Some(&from) && self.pulled.remove(&id).is_some();
         if let Some(s) = self.store.get(&id) {
             self.stats.duplicates += 1;
-            // duplicates caused by a flood zone say nothing about tree cycles
+            // duplicates caused by a flood zone or a pull say nothing about tree cycles
             let in_flood = from_flood || s.round <= self.cfg.flood_rounds || self.is_flood(s.round);
-            if !in_flood && self.make_lazy(from) {
+            // Only an eager link is pruned. (The paper prunes on any duplicate, but a copy
+            // on a lazy link is usually the far side of a graft that has not arrived yet;
+            // pruning it would undo the repair.)
+            let streak = self.dup_streak.entry(from).or_insert(0);
+            *streak = streak.saturating_add(1);
+            if !in_flood
+                && !pulled
+                && *streak >= self.cfg.prune_after_duplicates
+                && self.make_lazy(from)
+            {
+                self.dup_streak.remove(&from);
                 out.push_back((from, Message::Prune));
                 self.stats.prunes += 1;
             }
@@ -401,8 +428,9 @@ impl Plumtree {
         if self.missing.get(&id).is_some_and(|m| m.grafted) {
             self.stats.repaired += 1;
         }
+        self.dup_streak.remove(&from);
         let round = round.saturating_add(1);
-        if from_active && !from_flood {
+        if from_active && !from_flood && !pulled {
             self.make_eager(from);
         }
         self.push(now, id, round, &payload, Some(from), out);
@@ -599,6 +627,11 @@ impl Plumtree {
             .copied()
             .collect();
         if !lacking.is_empty() {
+            for id in &lacking {
+                if self.pulled.len() < self.cfg.max_missing {
+                    self.pulled.insert(*id, from);
+                }
+            }
             out.push_back((from, Message::Pull { ids: lacking }));
         }
         if !reply {
@@ -652,6 +685,8 @@ impl Plumtree {
         if self.next_expire <= now {
             self.next_expire = now + (self.cfg.retention / 8).max(Duration::from_millis(100));
             let keep = self.cfg.retention;
+            // unanswered pulls: anti-entropy asks again if still missing
+            self.pulled.clear();
             self.store
                 .retain(|_, s| now.saturating_since(s.at) < keep * 2);
             for s in self.store.values_mut() {
@@ -733,6 +768,79 @@ mod tests {
         assert!(
             matches!(out.pop_front(), Some((to, Message::Gossip { id, .. })) if to == n(3) && id == m(5))
         );
+    }
+
+    #[test]
+    fn a_copy_on_a_lazy_link_does_not_undo_a_graft_in_flight() {
+        let mut p = Plumtree::new(GossipConfig::default(), Instant::ZERO);
+        let mut out = Outbox::new();
+        p.neighbor_up(n(1));
+        p.neighbor_up(n(2));
+        p.on_prune(n(2)); // 2 grafted us: its side is eager, its Graft is still on the way
+        p.on_gossip(Instant::ZERO, n(1), true, m(5), 0, vec![], &mut out);
+        out.clear();
+        p.on_gossip(Instant::ZERO, n(2), true, m(5), 1, vec![], &mut out);
+        assert!(
+            out.iter().all(|(_, m)| !matches!(m, Message::Prune)),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_pulled_payload_neither_makes_the_link_eager_nor_prunes_it() {
+        let mut p = Plumtree::new(GossipConfig::default(), Instant::ZERO);
+        let mut out = Outbox::new();
+        p.neighbor_up(n(1));
+        p.on_prune(n(1));
+        // anti-entropy: 1 lists an id we lack, we pull it
+        p.on_sync_ids(n(1), 0, true, &[m(0)], &mut out);
+        assert!(matches!(out.pop_front(), Some((_, Message::Pull { .. }))));
+        p.on_gossip(Instant::ZERO, n(1), true, m(0), 3, vec![], &mut out);
+        assert!(
+            p.eager_peers().is_empty(),
+            "a pull answer is not a tree push"
+        );
+        assert!(out.iter().all(|(_, m)| !matches!(m, Message::Prune)));
+        // on an eager link, a pulled payload arriving again does not prune either
+        p.on_graft(n(1), true, &[], &mut out);
+        p.on_sync_ids(n(1), 0, true, &[m(1)], &mut out);
+        p.on_gossip(Instant::ZERO, n(2), true, m(1), 3, vec![], &mut out);
+        out.clear();
+        p.on_gossip(Instant::ZERO, n(1), true, m(1), 3, vec![], &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(p.eager_peers(), &[n(1)]);
+    }
+
+    #[test]
+    fn with_hysteresis_only_a_run_of_duplicates_prunes() {
+        let cfg = GossipConfig {
+            prune_after_duplicates: 3,
+            ..Default::default()
+        };
+        let mut p = Plumtree::new(cfg, Instant::ZERO);
+        let mut out = Outbox::new();
+        p.neighbor_up(n(1));
+        p.neighbor_up(n(2));
+        let t = Instant::ZERO;
+        for k in 0..2 {
+            p.on_gossip(t, n(1), true, m(10 + k), 0, vec![], &mut out);
+            p.on_gossip(t, n(2), true, m(10 + k), 0, vec![], &mut out);
+        }
+        // a first copy from 2 resets its run
+        p.on_gossip(t, n(2), true, m(20), 0, vec![], &mut out);
+        p.on_gossip(t, n(1), true, m(20), 0, vec![], &mut out);
+        assert!(out.iter().all(|(_, m)| !matches!(m, Message::Prune)));
+        for k in 0..3 {
+            p.on_gossip(t, n(1), true, m(30 + k), 0, vec![], &mut out);
+            p.on_gossip(t, n(2), true, m(30 + k), 0, vec![], &mut out);
+        }
+        assert_eq!(
+            out.iter()
+                .filter(|(to, m)| *to == n(2) && matches!(m, Message::Prune))
+                .count(),
+            1
+        );
+        assert_eq!(p.eager_peers(), &[n(1)]);
     }
 
     #[test]

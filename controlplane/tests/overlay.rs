@@ -1,0 +1,197 @@
+//! Eight in-process nodes on the protocol cores (`overlay.mode = "hyparview"`)
+//! over mutual TLS on loopback: partial views form from one seed, every node
+//! admits every origin, every message reaches every node, Plumtree prunes the
+//! redundant links to lazy, a late joiner finds neighbours through a seed, and
+//! a clean leave is seen as `left`.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use controlplane::config::{Config, OverlayMode};
+use controlplane::node::{self, NodeHandle};
+use dataplane::identity::Identity;
+use mesh_transport::MeshCa;
+use tokio::time::{Instant, sleep};
+
+const N: u8 = 8;
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 6, i], 7400))
+}
+
+fn config(dir: &Path, i: u8, ca: &MeshCa, ca_pem: &Path, bootstrap: Vec<SocketAddr>) -> Config {
+    let seed = [i.wrapping_mul(53).wrapping_add(7); 32];
+    let key = dir.join(format!("n{i}.key"));
+    std::fs::write(&key, format!("{}\n", hex::encode(seed))).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let id = Identity::from_seed(seed).node_id().0;
+    let cert = dir.join(format!("n{i}.crt"));
+    let der = ca.issue(id, Duration::from_secs(3600)).unwrap();
+    std::fs::write(&cert, mesh_transport::ca::cert_to_pem(&der)).unwrap();
+    let mut c = Config::default();
+    c.node.key_file = key;
+    c.node.listen = addr(i);
+    c.node.api_listen = "127.0.0.1:0".parse().unwrap();
+    c.node.bootstrap = bootstrap;
+    c.tls.enabled = true;
+    c.tls.ca_cert = ca_pem.to_owned();
+    c.tls.cert = cert;
+    c.overlay.mode = OverlayMode::Hyparview;
+    c.overlay.expected_size = u64::from(N);
+    c.overlay.probe_interval_ms = 200;
+    c.overlay.probe_timeout_ms = 100;
+    c
+}
+
+async fn overlay(n: &NodeHandle) -> serde_json::Value {
+    let st = n.status().await.expect("status");
+    serde_json::to_value(st.overlay).expect("json")
+}
+
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while !f().await {
+        assert!(t0.elapsed() < limit, "timed out after {limit:?}: {what}");
+        sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate().unwrap();
+    let ca_pem = dir.path().join("ca.crt");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+
+    // Node 1 is the seed; 2..=7 join through it. Node 8 joins later.
+    let mut nodes = Vec::new();
+    for i in 1..N {
+        let seeds = if i == 1 { vec![] } else { vec![addr(1)] };
+        let cfg = config(dir.path(), i, &ca, &ca_pem, seeds);
+        nodes.push(node::start(cfg).await.unwrap());
+    }
+    let others = u64::from(N) - 2;
+    wait_for(
+        "seven nodes know each other and admit every origin",
+        Duration::from_secs(15),
+        || async {
+            for n in &nodes {
+                let o = overlay(n).await;
+                if o["members"]["alive"] != others
+                    || o["admitted"].as_u64().unwrap_or(0) <= others
+                    || o["active"].as_u64().unwrap_or(0) == 0
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+
+    // A late joiner finds its first neighbour through the seed.
+    let t0 = Instant::now();
+    let late = node::start(config(dir.path(), N, &ca, &ca_pem, vec![addr(1)]))
+        .await
+        .unwrap();
+    wait_for(
+        "the late joiner's first neighbour",
+        Duration::from_secs(5),
+        || async { overlay(&late).await["active"].as_u64().unwrap_or(0) >= 1 },
+    )
+    .await;
+    eprintln!(
+        "late joiner: first neighbour after {} ms",
+        t0.elapsed().as_millis()
+    );
+    nodes.push(late);
+    wait_for(
+        "everyone admits the late joiner",
+        Duration::from_secs(15),
+        || async {
+            for n in &nodes {
+                if overlay(n).await["admitted"].as_u64().unwrap_or(0) < u64::from(N) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+
+    // Partial views: nobody's active view holds all seven others.
+    for n in &nodes {
+        let o = overlay(n).await;
+        assert!(o["active"].as_u64().unwrap_or(0) < u64::from(N) - 1, "{o}");
+    }
+
+    // Publish from three nodes; every node gets every message.
+    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let mut ids = std::collections::HashSet::new();
+    for k in 0..20 {
+        for p in [0usize, 3, 7] {
+            let r = nodes[p]
+                .publish("t", format!("m{k} from {p}").as_bytes())
+                .await
+                .unwrap();
+            ids.insert(r.id);
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    let mut got: Vec<std::collections::HashSet<String>> = vec![Default::default(); nodes.len()];
+    let t0 = Instant::now();
+    while got.iter().any(|g| !ids.iter().all(|id| g.contains(id))) {
+        for (i, s) in subs.iter_mut().enumerate() {
+            while let Ok(d) = s.try_recv() {
+                got[i].insert(d.id.clone());
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not delivered everywhere: {:?}",
+            got.iter().map(|g| g.len()).collect::<Vec<_>>()
+        );
+        sleep(Duration::from_millis(25)).await;
+    }
+
+    // Plumtree made redundant links lazy: fewer eager links than active ones,
+    // and prunes were sent.
+    let (mut eager, mut active, mut prunes) = (0, 0, 0);
+    for n in &nodes {
+        let o = overlay(n).await;
+        eager += o["eager"].as_u64().unwrap_or(0);
+        active += o["active"].as_u64().unwrap_or(0);
+        prunes += metric(&n.metrics_text(), "mesh_gossip_tree_prunes_total");
+    }
+    assert!(prunes > 0, "no prune sent");
+    assert!(eager < active, "eager {eager} of {active} active links");
+
+    // A clean leave is seen as `left` (not a failure).
+    let leaver = nodes.pop().expect("eight nodes");
+    leaver.shutdown().await;
+    wait_for("the leave to be seen", Duration::from_secs(10), || async {
+        for n in &nodes {
+            if overlay(n).await["members"]["left"] != 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -111,7 +111,7 @@ impl Default for OverlayConfig {
             expected_size: 1000,
             probe_interval_ms: 1000,
             probe_timeout_ms: 400,
-            suspicion_alpha: 4,
+            suspicion_alpha: 5,
             suspicion_beta: 6,
             partition_window_ms: 600_000,
             ihave_timeout_ms: 100,

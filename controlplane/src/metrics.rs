@@ -113,6 +113,12 @@ pub struct Metrics {
     pub declared_dead: IntCounter,
     /// Self-refutations.
     pub refutations: IntCounter,
+    /// Lifeguard confirmations.
+    pub confirmations: IntCounter,
+    /// Lifeguard missed nacks.
+    pub missed_nacks: IntCounter,
+    /// Lifeguard local health multiplier.
+    pub local_health: IntGauge,
     /// Plumtree prunes sent.
     pub prunes: IntCounter,
     /// Plumtree grafts sent.
@@ -322,6 +328,21 @@ impl Metrics {
                 &r,
                 "mesh.membership.refutations",
                 "Suspicions about this node that it refuted.",
+            )?,
+            confirmations: counter(
+                &r,
+                "mesh.membership.confirmations",
+                "Suspicions shortened by an independent confirmation.",
+            )?,
+            missed_nacks: counter(
+                &r,
+                "mesh.membership.missed_nacks",
+                "Indirect probes that brought neither an ack nor a nack.",
+            )?,
+            local_health: gauge(
+                &r,
+                "mesh.membership.local_health",
+                "Lifeguard local health multiplier (0 healthy).",
             )?,
             prunes: counter(&r, "mesh.gossip.tree.prunes", "Plumtree prunes sent.")?,
             grafts: counter(&r, "mesh.gossip.tree.grafts", "Plumtree grafts sent.")?,

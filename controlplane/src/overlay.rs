@@ -296,6 +296,7 @@ mod tests {
             updates: vec![MemberUpdate {
                 node: id(4),
                 state: MemberState::alive(2),
+                accuser: None,
             }],
         };
         let hints = vec![

@@ -425,6 +425,8 @@ impl<R: RngCore> Node<R> {
                         origin: from,
                         origin_seq: seq,
                         deadline,
+                        nack_at: now + self.swim.timeout() / 2,
+                        nacked: false,
                     });
                     let updates = self.piggyback_for(&target);
                     out.push_back((
@@ -472,6 +474,7 @@ impl<R: RngCore> Node<R> {
                                 incarnation: inc,
                                 status: Status::Left,
                             },
+                            accuser: None,
                         },
                     );
                 }
@@ -505,6 +508,14 @@ impl<R: RngCore> Node<R> {
                 self.gossip.on_graft(from, active, &ids, &mut out);
             }
             Message::Prune => self.gossip.on_prune(from),
+            Message::Nack { seq } => {
+                if let Some(p) = &mut self.swim.probe
+                    && p.seq == seq
+                    && !p.acked
+                {
+                    p.nacks = p.nacks.saturating_add(1).min(p.indirect);
+                }
+            }
             Message::SyncDigest { hashes } => self.gossip.on_sync_digest(from, &hashes, &mut out),
             Message::SyncIds { bucket, reply, ids } => {
                 self.gossip.on_sync_ids(from, bucket, reply, &ids, &mut out)
@@ -585,6 +596,7 @@ impl<R: RngCore> Node<R> {
                 .collect();
             helpers.shuffle(&mut self.rng);
             helpers.truncate(self.swim.cfg.indirect_probes);
+            let asked = u8::try_from(helpers.len()).unwrap_or(u8::MAX);
             for h in helpers {
                 let updates = self.piggyback_for(&h);
                 out.push_back((
@@ -598,6 +610,7 @@ impl<R: RngCore> Node<R> {
             }
             if let Some(p) = &mut self.swim.probe {
                 p.indirect_sent = true;
+                p.indirect = asked;
             }
         }
         // suspicion timeouts -> dead
@@ -630,8 +643,16 @@ impl<R: RngCore> Node<R> {
                             incarnation: inc,
                             status: Status::Dead,
                         },
+                        accuser: None,
                     },
                 );
+            }
+        }
+        // Lifeguard: tell requesters whose target stays silent that we are here
+        for r in self.swim.relays.iter_mut() {
+            if !r.nacked && r.nack_at <= now {
+                r.nacked = true;
+                out.push_back((r.origin, Message::Nack { seq: r.origin_seq }));
             }
         }
         self.swim.relays.retain(|r| r.deadline > now);
@@ -686,6 +707,7 @@ impl<R: RngCore> Node<R> {
         MemberUpdate {
             node: self.me,
             state: MemberState::alive(self.swim.incarnation),
+            accuser: None,
         }
     }
 
@@ -698,6 +720,7 @@ impl<R: RngCore> Node<R> {
             first.push(MemberUpdate {
                 node: *to,
                 state: e.state,
+                accuser: None,
             });
         }
         self.swim.piggyback(&first)
@@ -747,7 +770,14 @@ impl<R: RngCore> Node<R> {
     fn announce_join(&mut self, node: NodeId, state: MemberState) {
         if self.cfg.size_hint <= self.cfg.member_capacity as u64 {
             let n = self.n_est();
-            self.swim.enqueue(MemberUpdate { node, state }, n);
+            self.swim.enqueue(
+                MemberUpdate {
+                    node,
+                    state,
+                    accuser: None,
+                },
+                n,
+            );
         }
     }
 
@@ -779,31 +809,49 @@ impl<R: RngCore> Node<R> {
             .members
             .apply(now, u.node, u.state, w, evict, |x| views.is_active(x))
         {
-            Applied::Changed { old } => self.member_changed(now, u.node, old, u.state),
-            Applied::Unchanged => {}
+            Applied::Changed { old } => {
+                let accuser = u.accuser.filter(|a| *a != u.node);
+                self.member_changed(now, u.node, old, u.state, accuser)
+            }
+            Applied::Unchanged => {
+                // Lifeguard: another member's probe failed too: an independent confirmation
+                if u.state.status == Status::Suspect
+                    && let Some(a) = u.accuser
+                {
+                    self.confirm_suspicion(u.node, u.state.incarnation, a);
+                }
+            }
         }
     }
 
     /// Lifeguard confirmation: our own probe of an already-suspected member failed too.
-    fn confirm_suspicion(&mut self, node: NodeId, incarnation: u64) {
+    ///
+    /// Lifeguard confirmation of the suspicion about `node` at `incarnation` by `by` (this
+    /// node's own failed probe, or another member's accusation): each distinct confirmer
+    /// shortens the timeout, down to the minimum at `suspicion_confirmations`. Returns whether
+    /// it counted.
+    fn confirm_suspicion(&mut self, node: NodeId, incarnation: u64, by: NodeId) -> bool {
         let k = self.swim.cfg.suspicion_confirmations as usize;
         let n = self.n_est();
-        let me = self.me;
         let c = match self.swim.suspicions.get(&node) {
             Some(s)
                 if s.incarnation == incarnation
-                    && !s.confirmers.contains(&me)
+                    && by != node
+                    && s.accuser != Some(by)
+                    && !s.confirmers.contains(&by)
                     && s.confirmers.len() < k =>
             {
                 s.confirmers.len() as u32 + 1
             }
-            _ => return,
+            _ => return false,
         };
         let timeout = self.swim.suspicion_timeout(n, c);
         if let Some(s) = self.swim.sus_mut().get_mut(&node) {
-            s.confirmers.push(me);
+            s.confirmers.push(by);
             s.deadline = s.started + timeout;
         }
+        self.swim.stats.confirmations += 1;
+        true
     }
 
     fn member_changed(
@@ -812,11 +860,24 @@ impl<R: RngCore> Node<R> {
         node: NodeId,
         old: Option<MemberState>,
         new: MemberState,
+        accuser: Option<NodeId>,
     ) {
         let n = self.n_est();
         let was_gone = old.is_some_and(|o| matches!(o.status, Status::Dead | Status::Left));
         if new.status != Status::Alive || old.is_some_and(|o| o.status != Status::Alive) {
-            self.swim.enqueue(MemberUpdate { node, state: new }, n);
+            let accuser = if new.status == Status::Suspect {
+                accuser
+            } else {
+                None
+            };
+            self.swim.enqueue(
+                MemberUpdate {
+                    node,
+                    state: new,
+                    accuser,
+                },
+                n,
+            );
         } else if old.is_none() {
             self.announce_join(node, new);
         }
@@ -849,6 +910,7 @@ impl<R: RngCore> Node<R> {
                         incarnation: new.incarnation,
                         started: now,
                         deadline: now + timeout,
+                        accuser,
                         confirmers: Vec::new(),
                     },
                 );
@@ -927,6 +989,13 @@ impl<R: RngCore> Node<R> {
         {
             self.swim.stats.failed_probes += 1;
             self.swim.health_worse();
+            // Lifeguard: helpers that sent neither ack nor nack point at our own link
+            if p.indirect_sent {
+                for _ in p.nacks..p.indirect {
+                    self.swim.stats.missed_nacks += 1;
+                    self.swim.health_worse();
+                }
+            }
             if let Some(e) = self.members.get(&p.target).copied() {
                 if e.state.status == Status::Alive {
                     self.swim.stats.suspicions_raised += 1;
@@ -940,10 +1009,23 @@ impl<R: RngCore> Node<R> {
                         MemberUpdate {
                             node: p.target,
                             state,
+                            accuser: Some(self.me),
                         },
                     );
                 } else if e.state.status == Status::Suspect {
-                    self.confirm_suspicion(p.target, e.state.incarnation);
+                    let me = self.me;
+                    if self.confirm_suspicion(p.target, e.state.incarnation, me) {
+                        // gossip the independent confirmation so others shorten theirs too
+                        let n = self.n_est();
+                        self.swim.enqueue(
+                            MemberUpdate {
+                                node: p.target,
+                                state: e.state,
+                                accuser: Some(me),
+                            },
+                            n,
+                        );
+                    }
                 }
             }
         }
@@ -960,6 +1042,8 @@ impl<R: RngCore> Node<R> {
                 direct_deadline,
                 indirect_sent: false,
                 acked: false,
+                indirect: 0,
+                nacks: 0,
             });
             self.swim.stats.probes += 1;
         }
@@ -1121,6 +1205,7 @@ impl<R: RngCore> Node<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::membership::SwimStats;
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
     use std::collections::BTreeMap;
@@ -1287,6 +1372,67 @@ mod tests {
     }
 
     #[test]
+    fn live_helpers_nack_and_independent_accusers_shorten_the_suspicion() {
+        let mut c = Cluster::new(8);
+        c.run(Duration::from_secs(10));
+        let dead = id(7);
+        c.nodes.remove(&dead);
+        let t0 = c.now;
+        let mut all_dead_after = None;
+        while c.now < t0 + Duration::from_secs(30) {
+            c.run(Duration::from_millis(250));
+            if c.nodes
+                .values()
+                .all(|n| n.member(&dead).is_some_and(|s| s.status == Status::Dead))
+            {
+                all_dead_after = Some(c.now - t0);
+                break;
+            }
+        }
+        let stats: Vec<SwimStats> = c.nodes.values().map(|n| n.stats().swim).collect();
+        let failed: u64 = stats.iter().map(|s| s.failed_probes).sum();
+        let missed: u64 = stats.iter().map(|s| s.missed_nacks).sum();
+        let confirmed: u64 = stats.iter().map(|s| s.confirmations).sum();
+        assert!(failed > 0, "nobody probed the dead node");
+        // every helper is alive: each indirect probe of the dead node brought a Nack, so
+        // no prober blames its own link
+        assert_eq!(missed, 0, "{stats:?}");
+        assert!(confirmed > 0, "no independent confirmation: {stats:?}");
+        // unconfirmed, the suspicion would last beta * min = 30 s (17.5 s with one own
+        // confirmation); other accusers bring it near the 5 s minimum
+        let after = all_dead_after.expect("declared dead within 30 s");
+        assert!(after < Duration::from_secs(12), "dead after {after:?}");
+    }
+
+    #[test]
+    fn a_prober_without_nacks_blames_its_own_health() {
+        let mut c = Cluster::new(6);
+        c.run(Duration::from_secs(10));
+        // node 0 loses every message but Ping/Ack/PingReq get out: its helpers' Nacks
+        // never arrive, so its local health multiplier rises
+        let mut n0 = c.nodes.remove(&id(0)).expect("node 0");
+        let target = n0.active_view()[0];
+        let before = n0.stats().swim.missed_nacks;
+        let mut now = c.now;
+        for _ in 0..3 {
+            // a probe period with nothing answering
+            let end = now + Duration::from_secs(3);
+            while let Some(t) = n0.poll_timeout() {
+                if t > end {
+                    break;
+                }
+                now = t;
+                n0.handle_timeout(now);
+                while n0.poll_transmit().is_some() {}
+            }
+            now = end;
+        }
+        let _ = target;
+        assert!(n0.stats().swim.missed_nacks > before);
+        assert!(n0.status().lhm > 0);
+    }
+
+    #[test]
     fn a_node_told_it_is_dead_refutes_with_a_higher_incarnation() {
         let mut n = Node::new(
             NodeConfig::for_size(10),
@@ -1301,6 +1447,7 @@ mod tests {
                 incarnation: 4,
                 status: Status::Dead,
             },
+            accuser: None,
         };
         n.handle_message(
             Instant::ZERO,

@@ -31,6 +31,9 @@ pub struct MemberUpdate {
     pub node: NodeId,
     /// Its incarnation and status (a lattice element, see [`crate::heal`]).
     pub state: MemberState,
+    /// For a `Suspect` fact: the member whose probe failed (Lifeguard counts distinct
+    /// accusers as independent confirmations). Ignored for other statuses.
+    pub accuser: Option<NodeId>,
 }
 
 /// Every message the composed [`crate::Node`] sends or accepts.
@@ -124,6 +127,13 @@ pub enum Message {
     },
     /// Plumtree: make the link lazy (duplicate received).
     Prune,
+    /// Lifeguard: the indirect probe asked with `seq` got no ack from its target in time.
+    /// Tells the requester that this helper is alive and answering, so a missing `Nack`
+    /// points at the requester's own health.
+    Nack {
+        /// The requester's probe sequence number.
+        seq: u32,
+    },
     /// Anti-entropy: per-bucket fingerprints of the retained message ids.
     SyncDigest {
         /// Exactly [`DIGEST_BUCKETS`] fingerprints.
@@ -226,13 +236,20 @@ impl<'a> Reader<'a> {
         for _ in 0..n {
             let node = NodeId(self.b32()?);
             let incarnation = self.u64()?;
-            let status = Status::from_u8(self.u8()?).ok_or(DecodeError::InvalidValue)?;
+            let flags = self.u8()?;
+            let status = Status::from_u8(flags & !ACCUSER_FLAG).ok_or(DecodeError::InvalidValue)?;
+            let accuser = if flags & ACCUSER_FLAG != 0 {
+                Some(NodeId(self.b32()?))
+            } else {
+                None
+            };
             v.push(MemberUpdate {
                 node,
                 state: MemberState {
                     incarnation,
                     status,
                 },
+                accuser,
             });
         }
         Ok(v)
@@ -254,12 +271,21 @@ fn put_count(out: &mut Vec<u8>, len: usize, max: usize) -> usize {
     n
 }
 
+/// Status-byte flag: a 32-byte accuser follows.
+const ACCUSER_FLAG: u8 = 0x80;
+
 fn put_updates(out: &mut Vec<u8>, u: &[MemberUpdate]) {
     let n = put_count(out, u.len(), MAX_UPDATES);
     for x in &u[..n] {
         out.extend_from_slice(&x.node.0);
         out.extend_from_slice(&x.state.incarnation.to_le_bytes());
-        out.push(x.state.status as u8);
+        match x.accuser {
+            Some(a) => {
+                out.push(x.state.status as u8 | ACCUSER_FLAG);
+                out.extend_from_slice(&a.0);
+            }
+            None => out.push(x.state.status as u8),
+        }
     }
 }
 
@@ -399,12 +425,22 @@ impl Message {
                 out.push(18);
                 put_ids(out, ids);
             }
+            Message::Nack { seq } => {
+                out.push(19);
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
         }
     }
 
     /// The encoded length in bytes (what [`Message::encode`] appends).
     pub fn encoded_len(&self) -> usize {
-        let upd = |u: &Vec<MemberUpdate>| 1 + 41 * u.len().min(MAX_UPDATES);
+        let upd = |u: &Vec<MemberUpdate>| {
+            1 + u
+                .iter()
+                .take(MAX_UPDATES)
+                .map(|x| 41 + if x.accuser.is_some() { 32 } else { 0 })
+                .sum::<usize>()
+        };
         let nodes = |u: &Vec<NodeId>| 1 + 32 * u.len().min(MAX_NODES);
         let ids = |u: &Vec<MsgId>| 1 + 32 * u.len().min(MAX_IDS);
         1 + match self {
@@ -422,6 +458,7 @@ impl Message {
             Message::Graft { ids: i } | Message::Pull { ids: i } => ids(i),
             Message::SyncDigest { .. } => 8 * DIGEST_BUCKETS,
             Message::SyncIds { ids: i, .. } => 2 + ids(i),
+            Message::Nack { .. } => 4,
         }
     }
 
@@ -513,6 +550,7 @@ impl Message {
                 }
             }
             18 => Message::Pull { ids: r.ids()? },
+            19 => Message::Nack { seq: r.u32()? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         if !r.buf.is_empty() {
@@ -534,13 +572,16 @@ mod tests {
         any::<[u8; 32]>().prop_map(MsgId)
     }
     fn update() -> impl Strategy<Value = MemberUpdate> {
-        (node(), any::<u64>(), 0u8..4).prop_map(|(node, incarnation, s)| MemberUpdate {
-            node,
-            state: MemberState {
-                incarnation,
-                status: Status::from_u8(s).unwrap_or(Status::Alive),
+        (node(), any::<u64>(), 0u8..4, proptest::option::of(node())).prop_map(
+            |(node, incarnation, s, accuser)| MemberUpdate {
+                node,
+                state: MemberState {
+                    incarnation,
+                    status: Status::from_u8(s).unwrap_or(Status::Alive),
+                },
+                accuser,
             },
-        })
+        )
     }
 
     #[test]
@@ -549,6 +590,7 @@ mod tests {
         let up = |node| MemberUpdate {
             node,
             state: MemberState::alive(1),
+            accuser: None,
         };
         let m = Message::PingReq {
             seq: 1,
@@ -612,6 +654,7 @@ mod tests {
             (0u8..DIGEST_BUCKETS as u8, any::<bool>(), ids())
                 .prop_map(|(bucket, reply, ids)| Message::SyncIds { bucket, reply, ids }),
             ids().prop_map(|ids| Message::Pull { ids }),
+            any::<u32>().prop_map(|seq| Message::Nack { seq }),
         ]
     }
 

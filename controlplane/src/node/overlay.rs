@@ -580,6 +580,11 @@ impl Control {
             .inc_by(d(s.swim.declared_dead, o.last.swim.declared_dead));
         m.refutations
             .inc_by(d(s.swim.refutations, o.last.swim.refutations));
+        m.confirmations
+            .inc_by(d(s.swim.confirmations, o.last.swim.confirmations));
+        m.missed_nacks
+            .inc_by(d(s.swim.missed_nacks, o.last.swim.missed_nacks));
+        m.local_health.set(i64::from(c.status().lhm));
         m.prunes.inc_by(d(s.gossip.prunes, o.last.gossip.prunes));
         m.grafts.inc_by(d(s.gossip.grafts, o.last.gossip.grafts));
         o.last = s;

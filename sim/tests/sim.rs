@@ -25,8 +25,8 @@ fn the_same_seed_reproduces_the_same_report() {
 }
 
 #[test]
-fn a_loss_free_run_delivers_everything_and_the_tree_forming_broadcast_within_log2_n_plus_3_rounds()
-{
+fn a_loss_free_run_delivers_everything_within_log2_n_plus_3_rounds_for_the_tree_forming_broadcast_and_for_99_percent_after()
+ {
     let n = 10_000;
     let r = run(&SimConfig::new(n, 7));
     println!("{}", r.table());
@@ -37,6 +37,15 @@ fn a_loss_free_run_delivers_everything_and_the_tree_forming_broadcast_within_log
         "first broadcast took {} rounds",
         r.broadcasts[0].max_round
     );
+    // every later broadcast, over the shared tree, reaches 99% of the nodes within the
+    // bound (the maximum is reported, not asserted: see protocol/README.md)
+    for (i, b) in r.broadcasts.iter().enumerate() {
+        assert!(
+            b.p99_round <= log2_bound(n),
+            "broadcast {i}: p99 {} rounds",
+            b.p99_round
+        );
+    }
     // after the tree formed each payload crosses about one link per node (Plumtree)
     assert!(
         r.payload_tx_rest < 1.3,

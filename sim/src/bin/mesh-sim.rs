@@ -40,6 +40,9 @@ fn main() {
     if let Some(r) = get("--rebalance-ratio").and_then(|v| v.parse().ok()) {
         cfg.node.topology.rebalance_ratio = r;
     }
+    if let Some(r) = get("--deep-flood").and_then(|v| v.parse().ok()) {
+        cfg.node.gossip.deep_flood_round = r;
+    }
     if let Some(r) = get("--optimize").and_then(|v| v.parse().ok()) {
         cfg.node.gossip.optimize_threshold = r;
     }

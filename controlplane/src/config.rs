@@ -98,6 +98,9 @@ pub struct OverlayConfig {
     /// Plumtree: duplicates in a row an eager link must deliver (with no first copy in
     /// between) before it is pruned to lazy. 1 is the paper's rule.
     pub prune_after_duplicates: u8,
+    /// Plumtree: a prune stops only the pruned peer's pushes to the pruner (each node keeps
+    /// the upstreams that bring it first copies), instead of the paper's symmetric prune.
+    pub directional_prune: bool,
     /// Most node addresses remembered.
     pub address_book_capacity: usize,
     /// Most origins the fast path admits data from.
@@ -116,6 +119,7 @@ impl Default for OverlayConfig {
             partition_window_ms: 600_000,
             ihave_timeout_ms: 100,
             prune_after_duplicates: 3,
+            directional_prune: true,
             address_book_capacity: 65_536,
             admitted_capacity: 1 << 20,
         }

@@ -109,6 +109,7 @@ pub(super) fn core_config(cfg: &Config) -> CoreConfig {
     c.gossip.anti_entropy_interval = ms(cfg.gossip.anti_entropy_interval_ms);
     c.gossip.ihave_timeout = ms(o.ihave_timeout_ms);
     c.gossip.prune_after_duplicates = o.prune_after_duplicates;
+    c.gossip.directional_prune = o.directional_prune;
     c.gossip.graft_timeout = ms(o.ihave_timeout_ms.div_ceil(2));
     c.gossip.retention = ms(cfg.gossip.retention_ms);
     c.gossip.max_store = cfg.gossip.max_stored_messages;
@@ -427,6 +428,14 @@ impl Control {
         if let Message::Gossip { id, .. } = msg {
             self.send_stored(o, to, id);
             return;
+        }
+        if matches!(msg, Message::Prune | Message::Graft { .. }) {
+            tracing::debug!(
+                peer = %hex::encode(&to.0[..4]),
+                tree = if matches!(msg, Message::Prune) { "prune" } else { "graft" },
+                eager = o.core.eager_peers().len(),
+                "plumtree"
+            );
         }
         let mut hints = Vec::new();
         for n in msg.mentioned_nodes() {

@@ -25,7 +25,7 @@
 //! The eager set is what the data plane forwards to: [`Plumtree::eager_peers`] plus
 //! [`Plumtree::eager_version`], bumped on every change, for the driver's lock-free snapshot.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rand::{Rng, RngCore};
 
@@ -90,6 +90,14 @@ pub struct GossipConfig {
     /// time under the paper's rule, and the cut-off nodes then get every message by graft.
     /// Default 1.
     pub prune_after_duplicates: u8,
+    /// Links are pruned per direction: a `Prune` stops only the receiver's pushes to the
+    /// pruner, and neither a graft nor a first copy from a lazy peer makes it eager on the
+    /// sender's side. Each node thus keeps exactly the upstreams that bring it first copies
+    /// for some origin. With one tree shared by many origins publishing at once, the paper's
+    /// symmetric prune lets the two far ends of a middle node's links cut both (each sees
+    /// that node's forwards of the *other* side's messages as duplicates) and the node then
+    /// gets everything by graft. Default `false` (the paper's rule).
+    pub directional_prune: bool,
 }
 
 impl Default for GossipConfig {
@@ -108,6 +116,7 @@ impl Default for GossipConfig {
             deep_flood_round: 0,
             external_eager: false,
             prune_after_duplicates: 1,
+            directional_prune: false,
         }
     }
 }
@@ -170,6 +179,8 @@ pub struct Plumtree {
     pulled: BTreeMap<MsgId, NodeId>,
     /// Duplicates in a row per eager peer since its last first copy.
     dup_streak: BTreeMap<NodeId, u8>,
+    /// Directional pruning: neighbours asked to stop pushing to us (our pruned upstreams).
+    pruned_in: BTreeSet<NodeId>,
     lazy_queue: BTreeMap<NodeId, Vec<(MsgId, u16)>>,
     flush_at: Option<Instant>,
     next_ae: Instant,
@@ -201,6 +212,7 @@ impl Plumtree {
             missing: BTreeMap::new(),
             pulled: BTreeMap::new(),
             dup_streak: BTreeMap::new(),
+            pruned_in: BTreeSet::new(),
             lazy_queue: BTreeMap::new(),
             flush_at: None,
             next_ae,
@@ -258,6 +270,7 @@ impl Plumtree {
 
     /// A new active neighbour starts eager.
     pub fn neighbor_up(&mut self, p: NodeId) {
+        self.pruned_in.remove(&p);
         if !self.eager.contains(&p) && !self.lazy.contains(&p) {
             self.eager.push(p);
             self.version += 1;
@@ -266,6 +279,7 @@ impl Plumtree {
 
     /// A neighbour left the active view.
     pub fn neighbor_down(&mut self, p: &NodeId) {
+        self.pruned_in.remove(p);
         if let Some(i) = self.eager.iter().position(|x| x == p) {
             self.eager.remove(i);
             self.version += 1;
@@ -418,11 +432,23 @@ impl Plumtree {
             // pruning it would undo the repair.)
             let streak = self.dup_streak.entry(from).or_insert(0);
             *streak = streak.saturating_add(1);
-            if !in_flood
-                && !pulled
-                && *streak >= self.cfg.prune_after_duplicates
-                && self.make_lazy(from)
-            {
+            let due = !in_flood && !pulled && *streak >= self.cfg.prune_after_duplicates;
+            // Directional: ask `from` to stop pushing to us; what we push to it is its call.
+            let prune = due
+                && if self.cfg.directional_prune {
+                    // never prune the last upstream: two copies racing from both sides
+                    // must not leave this node with none
+                    let upstreams = self
+                        .eager
+                        .iter()
+                        .chain(&self.lazy)
+                        .filter(|p| !self.pruned_in.contains(p))
+                        .count();
+                    from_active && upstreams > 1 && self.pruned_in.insert(from)
+                } else {
+                    self.make_lazy(from)
+                };
+            if prune {
                 self.dup_streak.remove(&from);
                 out.push_back((from, Message::Prune));
                 self.stats.prunes += 1;
@@ -434,7 +460,7 @@ impl Plumtree {
         }
         self.dup_streak.remove(&from);
         let round = round.saturating_add(1);
-        if from_active && !from_flood && !pulled {
+        if from_active && !from_flood && !pulled && !self.cfg.directional_prune {
             self.make_eager(from);
         }
         self.push(now, id, round, &payload, Some(from), out);
@@ -686,7 +712,11 @@ impl Plumtree {
                     m.grafted = true;
                     out.push_back((a, Message::Graft { ids: vec![id] }));
                     self.stats.grafts += 1;
-                    self.make_eager(a);
+                    if self.cfg.directional_prune {
+                        self.pruned_in.remove(&a);
+                    } else {
+                        self.make_eager(a);
+                    }
                 }
                 None => {
                     // nobody left to ask: anti-entropy will find it
@@ -821,6 +851,43 @@ mod tests {
         p.on_gossip(Instant::ZERO, n(1), true, m(1), 3, vec![], &mut out);
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(p.eager_peers(), &[n(1)]);
+    }
+
+    #[test]
+    fn a_directional_prune_stops_only_the_senders_pushes_and_keeps_one_upstream() {
+        let cfg = GossipConfig {
+            directional_prune: true,
+            ..Default::default()
+        };
+        let mut p = Plumtree::new(cfg, Instant::ZERO);
+        let mut out = Outbox::new();
+        let t = Instant::ZERO;
+        for i in 1..=3 {
+            p.neighbor_up(n(i));
+        }
+        // 1 delivers first, 2 and 3 bring copies: both are asked to stop
+        p.on_gossip(t, n(1), true, m(1), 0, vec![], &mut out);
+        p.on_gossip(t, n(2), true, m(1), 0, vec![], &mut out);
+        p.on_gossip(t, n(3), true, m(1), 0, vec![], &mut out);
+        let prunes: Vec<NodeId> = out
+            .iter()
+            .filter(|(_, m)| matches!(m, Message::Prune))
+            .map(|(to, _)| *to)
+            .collect();
+        assert_eq!(prunes, vec![n(2), n(3)]);
+        // ... but this node still pushes to all three
+        assert_eq!(p.eager_peers().len(), 3);
+        out.clear();
+        // a copy racing in from 2 and then from 1 must not cut the last upstream (1)
+        p.on_gossip(t, n(2), true, m(2), 0, vec![], &mut out);
+        p.on_gossip(t, n(1), true, m(2), 0, vec![], &mut out);
+        assert!(
+            out.iter().all(|(_, m)| !matches!(m, Message::Prune)),
+            "{out:?}"
+        );
+        // a prune received stops our pushes to that peer only
+        p.on_prune(n(3));
+        assert_eq!(p.eager_peers(), &[n(1), n(2)]);
     }
 
     #[test]

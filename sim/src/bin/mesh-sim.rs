@@ -1,5 +1,8 @@
 //! Command-line runner: `mesh-sim --nodes N --seed S --loss P --churn P [--partition]
-//! [--broadcasts B] [--partition-ms MS]` prints the report table.
+//! [--broadcasts B] [--partition-ms MS]` prints the report table. Tuning flags for
+//! experiments: `--ihave-ms`, `--near-slots`, `--rebalance-ratio`, `--optimize`,
+//! `--deep-flood`, `--prune-after`, `--interval-ms`, `--directional-prune`, `--join-spacing-us`,
+//! `--latency-base-us`.
 
 use std::time::Instant as WallClock;
 
@@ -39,6 +42,15 @@ fn main() {
     }
     if let Some(r) = get("--rebalance-ratio").and_then(|v| v.parse().ok()) {
         cfg.node.topology.rebalance_ratio = r;
+    }
+    if let Some(r) = get("--interval-ms").and_then(|v| v.parse().ok()) {
+        cfg.broadcast_interval_ms = r;
+    }
+    if args.iter().any(|a| a == "--directional-prune") {
+        cfg.node.gossip.directional_prune = true;
+    }
+    if let Some(r) = get("--prune-after").and_then(|v| v.parse().ok()) {
+        cfg.node.gossip.prune_after_duplicates = r;
     }
     if let Some(r) = get("--deep-flood").and_then(|v| v.parse().ok()) {
         cfg.node.gossip.deep_flood_round = r;

@@ -1,8 +1,9 @@
 //! Eight in-process nodes on the protocol cores (`overlay.mode = "hyparview"`)
 //! over mutual TLS on loopback: partial views form from one seed, every node
 //! admits every origin, every message reaches every node, Plumtree prunes the
-//! redundant links to lazy, a late joiner finds neighbours through a seed, and
-//! a clean leave is seen as `left`.
+//! redundant links to lazy, a late joiner finds neighbours through a seed, a
+//! node with another CA's certificate never joins, and a clean leave is seen
+//! as `left`.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -131,6 +132,23 @@ async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everyt
         },
     )
     .await;
+
+    // Zero trust: a node whose certificate comes from another CA dials the
+    // seed but never becomes a member anywhere, and has no neighbour.
+    let rogue_ca = MeshCa::generate().unwrap();
+    let rogue_pem = dir.path().join("rogue-ca.crt");
+    std::fs::write(&rogue_pem, rogue_ca.cert_pem()).unwrap();
+    let mut rogue_cfg = config(dir.path(), 99, &rogue_ca, &rogue_pem, vec![addr(1)]);
+    rogue_cfg.overlay.expected_size = u64::from(N);
+    let rogue = node::start(rogue_cfg).await.unwrap();
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(overlay(&rogue).await["active"], 0);
+    for n in &nodes {
+        let o = overlay(n).await;
+        assert_eq!(o["members"]["alive"], u64::from(N) - 1, "{o}");
+        assert_eq!(o["admitted"], u64::from(N), "{o}");
+    }
+    rogue.shutdown().await;
 
     // Partial views: nobody's active view holds all seven others.
     for n in &nodes {

@@ -30,33 +30,6 @@ enum Mode {
     Hyparview,
 }
 
-/// `[tls]` + `[overlay]` for the protocol cores: a certificate for the node's key.
-fn hyparview_sections(dir: &Path, i: usize, ca: &mesh_transport::MeshCa) -> String {
-    let key = dir.join(format!("n{i}.key"));
-    let (id, _) = dataplane::identity::Identity::load_or_create(&key).expect("node key");
-    let der = ca
-        .issue(id.node_id().0, Duration::from_secs(3600))
-        .expect("issue");
-    let cert = dir.join(format!("n{i}.crt"));
-    std::fs::write(&cert, mesh_transport::ca::cert_to_pem(&der)).expect("write cert");
-    format!(
-        r#"
-[tls]
-enabled = true
-ca_cert = "{ca}"
-cert = "{cert}"
-
-[overlay]
-mode = "hyparview"
-expected_size = {NODES}
-probe_interval_ms = 200
-probe_timeout_ms = 100
-"#,
-        ca = dir.join("ca.crt").display(),
-        cert = cert.display(),
-    )
-}
-
 fn write_config(dir: &Path, i: usize, ca: Option<&mesh_transport::MeshCa>) -> PathBuf {
     // Seeds on both sides of the future cut.
     let seeds: Vec<String> = [1, 4]
@@ -81,7 +54,7 @@ anti_entropy_interval_ms = 100
         ip = i + 1,
         seeds = seeds.join(", "),
     ) + &ca
-        .map(|ca| hyparview_sections(dir, i, ca))
+        .map(|ca| common::hyparview_sections(dir, &format!("n{i}"), ca, &dir.join("ca.crt"), NODES))
         .unwrap_or_default();
     let path = dir.join(format!("n{i}.toml"));
     std::fs::write(&path, text).expect("write config");

@@ -4,6 +4,11 @@
 //! every node, the middle node forwards through its AF_XDP TX, and junk,
 //! over-rate and denied packets are counted as dropped in XDP.
 //!
+//! A second test runs four nodes on XDP with the protocol cores
+//! (`overlay.mode = "hyparview"`, mutual TLS on port + 1, which XDP passes to
+//! the kernel): every message everywhere, Plumtree prunes fed by the fast
+//! path's duplicate reports.
+//!
 //! Needs root (CI runs as root); otherwise it says why and passes.
 
 mod common;
@@ -20,7 +25,7 @@ use dataplane::identity::Identity;
 use dataplane::tile::wall_us;
 use dataplane::wire::{self, Kind};
 
-fn write_config(dir: &Path, name: &str, ip: &str, bootstrap: &[&str]) -> PathBuf {
+fn write_config(dir: &Path, name: &str, ip: &str, bootstrap: &[&str], extra: &str) -> PathBuf {
     let profiles = format!("{}/../hw-profiles", env!("CARGO_MANIFEST_DIR"));
     let seeds: Vec<String> = bootstrap.iter().map(|s| format!("\"{s}:7400\"")).collect();
     let text = format!(
@@ -50,7 +55,7 @@ burst = 300
 "#,
         key = dir.join(format!("{name}.key")).display(),
         seeds = seeds.join(", "),
-    );
+    ) + extra;
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write config");
     path
@@ -88,9 +93,9 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
     }
     let (a, b, c, x) = (&nss[0], &nss[1], &nss[2], &nss[3]);
     let cfgs = [
-        write_config(dir.path(), "a", "10.89.0.1", &["10.89.0.2"]),
-        write_config(dir.path(), "b", "10.89.0.2", &[]),
-        write_config(dir.path(), "c", "10.89.0.3", &["10.89.0.2"]),
+        write_config(dir.path(), "a", "10.89.0.1", &["10.89.0.2"], ""),
+        write_config(dir.path(), "b", "10.89.0.2", &[], ""),
+        write_config(dir.path(), "c", "10.89.0.3", &["10.89.0.2"], ""),
     ];
     let mut daemons = Vec::new();
     for (i, ns) in [a, b, c].iter().enumerate() {
@@ -276,4 +281,133 @@ fn ctl_metrics(ns: &Ns) -> String {
         s.read_to_string(&mut out).unwrap();
         out
     })
+}
+
+#[test]
+fn four_meshd_nodes_on_xdp_run_the_protocol_cores() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipping: needs root for namespaces and XDP");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mesh_transport::MeshCa::generate().unwrap();
+    let ca_pem = dir.path().join("ca.crt");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let sw = Ns::new("hsw");
+    sw.ip(&["link", "add", "br0", "type", "bridge"]);
+    sw.ip(&["link", "set", "br0", "up"]);
+    let names = ["ha", "hb", "hc", "hd"];
+    let nss: Vec<Ns> = names.iter().map(|n| Ns::new(n)).collect();
+    let mut daemons = Vec::new();
+    for (i, ns) in nss.iter().enumerate() {
+        let port = format!("q{i}");
+        sh(&[
+            "ip", "link", "add", "n0", "netns", &ns.0, "type", "veth", "peer", "name", &port,
+            "netns", &sw.0,
+        ]);
+        let ip = format!("10.88.0.{}", i + 1);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "n0"]);
+        ns.ip(&["link", "set", "n0", "up"]);
+        sw.ip(&["link", "set", &port, "master", "br0"]);
+        sw.ip(&["link", "set", &port, "up"]);
+        let extra = common::hyparview_sections(dir.path(), names[i], &ca, &ca_pem, 4);
+        let seeds: &[&str] = if i == 0 { &[] } else { &["10.88.0.1"] };
+        let cfg = write_config(dir.path(), names[i], &ip, seeds, &extra);
+        let log = File::create(dir.path().join(format!("{}.log", names[i]))).unwrap();
+        let child = ns
+            .cmd(env!("CARGO_BIN_EXE_meshd"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start meshd");
+        daemons.push(Daemon(child));
+    }
+    let logs = || {
+        names
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n}\n{}",
+                    std::fs::read_to_string(dir.path().join(format!("{n}.log")))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<String>()
+    };
+    let t0 = Instant::now();
+    loop {
+        let sts: Vec<Option<serde_json::Value>> = nss.iter().map(try_status).collect();
+        if sts.iter().all(|s| {
+            s.as_ref().is_some_and(|s| {
+                s["overlay"]["members"]["alive"] == 3 && s["overlay"]["admitted"] == 4
+            })
+        }) {
+            for s in sts.iter().flatten() {
+                assert_eq!(s["backend"], "xdp", "{s}");
+                assert_eq!(s["overlay_mode"], "hyparview", "{s}");
+            }
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "mesh did not form\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let subs: Vec<Child> = nss
+        .iter()
+        .map(|ns| {
+            ns.cmd(env!("CARGO_BIN_EXE_meshctl"))
+                .args(["--api", "127.0.0.1:7480", "subscribe", "t", "--count", "40"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("subscribe")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ids = Vec::new();
+    for k in 0..20 {
+        for (i, who) in [(1usize, "hb"), (3, "hd")] {
+            let r = ctl(&nss[i], &["publish", "t", &format!("msg {k} from {who}")]);
+            ids.push(r["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    for (i, sub) in subs.into_iter().enumerate() {
+        let pid = sub.id();
+        let watchdog = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            // SAFETY: kill(2) on a child of ours that may already be gone.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        });
+        let out = sub.wait_with_output().unwrap();
+        drop(watchdog);
+        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .collect();
+        let missing = ids.iter().filter(|id| !got.contains(id)).count();
+        assert_eq!(missing, 0, "node {} missed {missing}\n{}", names[i], logs());
+    }
+    // Data went through AF_XDP, and the duplicate reports of the fast path
+    // made the cores prune somewhere.
+    let mut prunes = 0u64;
+    for ns in &nss {
+        let st = ctl(ns, &["status"]);
+        assert!(counter(&st, "xdp", "redirect") > 0, "{st}");
+        let m = ctl_metrics(ns);
+        prunes += m
+            .lines()
+            .filter(|l| l.starts_with("mesh_gossip_tree_prunes_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    assert!(prunes > 0, "no Plumtree prune\n{}", logs());
+    drop(daemons);
 }

@@ -151,3 +151,38 @@ pub async fn wait_balanced(n: &controlplane::node::NodeHandle, who: &str) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// `[tls]` and `[overlay]` sections that put a node on the protocol cores:
+/// issues a certificate from `ca` (whose PEM is at `ca_pem`) for the key at
+/// `dir/{name}.key` (created if missing). Fast SWIM periods for tests.
+pub fn hyparview_sections(
+    dir: &std::path::Path,
+    name: &str,
+    ca: &mesh_transport::MeshCa,
+    ca_pem: &std::path::Path,
+    expected: usize,
+) -> String {
+    let key = dir.join(format!("{name}.key"));
+    let (id, _) = dataplane::identity::Identity::load_or_create(&key).expect("node key");
+    let der = ca
+        .issue(id.node_id().0, Duration::from_secs(3600))
+        .expect("issue");
+    let cert = dir.join(format!("{name}.crt"));
+    std::fs::write(&cert, mesh_transport::ca::cert_to_pem(&der)).expect("write cert");
+    format!(
+        r#"
+[tls]
+enabled = true
+ca_cert = "{ca}"
+cert = "{cert}"
+
+[overlay]
+mode = "hyparview"
+expected_size = {expected}
+probe_interval_ms = 200
+probe_timeout_ms = 100
+"#,
+        ca = ca_pem.display(),
+        cert = cert.display(),
+    )
+}

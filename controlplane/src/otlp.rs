@@ -113,6 +113,31 @@ impl Drop for OtlpExport {
 }
 
 /// Values of one Prometheus family as (value, attributes).
+/// The gathered metric families, reused by every callback of one export.
+#[derive(Default)]
+struct Snapshot {
+    state: std::sync::Mutex<Option<(std::time::Instant, Vec<MetricFamily>)>>,
+}
+
+impl Snapshot {
+    /// Older than this, a snapshot is gathered again (an export's callbacks all run within
+    /// it; the export interval is at least 100 ms).
+    const FRESH: Duration = Duration::from_millis(50);
+
+    fn with<T>(&self, shared: &Shared, f: impl FnOnce(&[MetricFamily]) -> T) -> T {
+        let mut g = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let stale = g.as_ref().is_none_or(|(at, _)| at.elapsed() > Self::FRESH);
+        if stale {
+            shared.refresh_metrics();
+            *g = Some((std::time::Instant::now(), shared.metrics.registry.gather()));
+        }
+        f(g.as_ref().map_or(&[][..], |(_, fams)| &fams[..]))
+    }
+}
+
 fn samples(families: &[MetricFamily], prom: &str, attrs: &[String]) -> Vec<(f64, Vec<KeyValue>)> {
     let Some(f) = families.iter().find(|f| f.name() == prom) else {
         return Vec::new();
@@ -167,15 +192,16 @@ pub(crate) fn start(
         .with_resource(resource)
         .build();
     let meter = provider.meter("meshd");
+    // One export runs every instrument's callback back to back: they share one
+    // refresh + gather instead of one each.
+    let snapshot = Arc::new(Snapshot::default());
     for m in registry_metrics()? {
         let prom = m.prometheus_name();
         let attrs = m.attributes.clone();
         let s = shared.clone();
+        let snap = snapshot.clone();
         // The values `/metrics` serves right now, with registry attributes.
-        let read = move || {
-            s.refresh_metrics();
-            samples(&s.metrics.registry.gather(), &prom, &attrs)
-        };
+        let read = move || snap.with(&s, |families| samples(families, &prom, &attrs));
         match m.instrument {
             Instrument::Counter => {
                 meter

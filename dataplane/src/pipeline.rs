@@ -229,9 +229,10 @@ impl Pipeline {
     }
 
     /// Batch indices, in the batch last given to [`Pipeline::process`] or
-    /// [`Pipeline::screen_batch`], of the datagrams dropped as copies of
-    /// messages seen in earlier batches. A Plumtree driver turns those that
-    /// came from an eager peer into prunes.
+    /// [`Pipeline::screen_batch`], of the datagrams dropped as copies of an
+    /// accepted message (seen in an earlier batch, or accepted earlier in
+    /// this one). A Plumtree driver turns those from an eager peer into
+    /// prunes.
     pub fn last_duplicates(&self) -> &[u16] {
         &self.dups
     }
@@ -344,6 +345,7 @@ impl Pipeline {
             };
             if out[start..].iter().any(|a| a.key == key) {
                 self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                self.dups.push(i as u16);
                 continue;
             }
             out.push(Accepted {
@@ -443,6 +445,7 @@ impl Pipeline {
             let key = self.seen.key(p.signature());
             if accepted_keys[..n_acc].contains(&key) {
                 self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                self.dups.push(i as u16);
                 continue;
             }
             let ok = verify::verify_one(&VerifyItem {
@@ -566,6 +569,26 @@ mod tests {
         assert_eq!(out[0].index, 1);
         assert_eq!(p.counters().dropped[DropReason::BadSignature as usize], 2);
         balanced(&p);
+    }
+
+    #[test]
+    fn duplicates_are_reported_by_batch_index_in_both_drivers() {
+        let id = Identity::from_seed([5; 32]);
+        let a = msg(&id, 1, NOW_US);
+        let b = msg(&id, 2, NOW_US);
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        p.process(0, NOW_US, &[&a], &mut out);
+        p.commit(out[0].key, 0);
+        assert!(p.last_duplicates().is_empty());
+        // index 0: seen in an earlier batch; 2: second copy of `b` in this one
+        out.clear();
+        p.process(1, NOW_US, &[&a, &b, &b], &mut out);
+        assert_eq!(p.last_duplicates(), &[0, 2]);
+        // the verify-pool driver's screen reports the same
+        let mut screened = Vec::new();
+        p.screen_batch(2, NOW_US, &[&b, &a, &b], &mut screened);
+        assert_eq!(p.last_duplicates(), &[1, 2]);
     }
 
     #[test]

@@ -562,16 +562,6 @@ impl<B: Backend> Run<B> {
                     }
                 } else {
                     pipeline.process(now_ns, wall, &views[..n], &mut accepted);
-                    if self.cfg.report_duplicates {
-                        report_duplicates(
-                            &pipeline,
-                            &views,
-                            |i| batch.from(i),
-                            &self.forward,
-                            &self.inbound,
-                            wall,
-                        );
-                    }
                     let peers = self.forward.load();
                     let mut ctx =
                         AcceptCtx::new(&self.inbound, &self.stop, &mut self.rng, &peers, fanout);
@@ -588,6 +578,18 @@ impl<B: Backend> Run<B> {
                         ) {
                             break;
                         }
+                    }
+                    // After the batch's own first copies, so the control plane
+                    // knows a message before it hears of its duplicates.
+                    if self.cfg.report_duplicates {
+                        report_duplicates(
+                            &pipeline,
+                            &views,
+                            |i| batch.from(i),
+                            &self.forward,
+                            &self.inbound,
+                            wall,
+                        );
                     }
                     let (sent, failed) = fwd.flush(tx_sink);
                     forwarded += sent;

@@ -93,6 +93,9 @@ pub(super) struct OverlayState {
     last: mesh_protocol::NodeStats,
     forward_version: u64,
     frame: Vec<u8>,
+    /// Duplicate reports that arrived before their message (the verify pool hands the first
+    /// copy on after its duplicates were screened): applied when it arrives.
+    early_dups: std::collections::VecDeque<(MsgId, CoreId)>,
 }
 
 /// The core's settings from `[overlay]` and `[gossip]`.
@@ -145,6 +148,7 @@ impl OverlayState {
             last: Default::default(),
             forward_version: u64::MAX,
             frame: Vec::with_capacity(2048),
+            early_dups: std::collections::VecDeque::new(),
         }
     }
 
@@ -362,6 +366,19 @@ impl Control {
                     );
                 }
             }
+            // duplicates reported before this first copy was handed on
+            if o.early_dups.iter().any(|(d, _)| *d == id) {
+                let early: Vec<CoreId> = o
+                    .early_dups
+                    .iter()
+                    .filter(|(d, _)| *d == id)
+                    .map(|(_, f)| *f)
+                    .collect();
+                o.early_dups.retain(|(d, _)| *d != id);
+                for from in early {
+                    dup_to_core(o, now, id, from);
+                }
+            }
         });
     }
 
@@ -374,18 +391,16 @@ impl Control {
         let now = self.now();
         let id = msg_id(&wire::MessageId::from_signature(sig));
         self.with_overlay(|_, o| {
-            if let Some(from) = o.book.id_at(&m.from)
-                && o.core.has_message(&id)
-            {
-                o.core.handle_message(
-                    t(now),
-                    from,
-                    Message::Gossip {
-                        id,
-                        round: 0,
-                        payload: Vec::new(),
-                    },
-                );
+            let Some(from) = o.book.id_at(&m.from) else {
+                return;
+            };
+            if o.core.has_message(&id) {
+                dup_to_core(o, now, id, from);
+            } else {
+                if o.early_dups.len() >= MAX_EARLY_DUPS {
+                    o.early_dups.pop_front();
+                }
+                o.early_dups.push_back((id, from));
             }
         });
     }
@@ -662,6 +677,22 @@ impl Control {
                 .collect(),
         )
     }
+}
+
+/// Most duplicate reports kept while their message is still on its way.
+const MAX_EARLY_DUPS: usize = 256;
+
+/// Tells the core `from` sent a copy of `id`, which it already has.
+fn dup_to_core(o: &mut OverlayState, now: Nanos, id: MsgId, from: CoreId) {
+    o.core.handle_message(
+        t(now),
+        from,
+        Message::Gossip {
+            id,
+            round: 0,
+            payload: Vec::new(),
+        },
+    );
 }
 
 fn member_counts(c: &Core<SmallRng>) -> [usize; 4] {

@@ -17,6 +17,7 @@
 //!
 //! ```text
 //! frame = [FRAME_OVERLAY][hints u8 ≤ MAX_HINTS][hints × PEER_ENTRY_LEN][core message]
+//!       | [FRAME_DATAGRAM][signed data datagram]        (graft / pull answers)
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -30,6 +31,10 @@ use crate::control::{PEER_ENTRY_LEN, decode_peer_entry, encode_peer_entry};
 /// First byte of a control frame carrying a protocol-core message (the simple peer-table
 /// mode's frames start with a datagram kind, 1..=6).
 pub const FRAME_OVERLAY: u8 = 0x10;
+/// First byte of a control frame carrying one signed data datagram: a graft or pull answer
+/// sent over mutual TLS. The sending member vouches for the message's origin (see
+/// [`Admitted`]); the receiver still checks the signature and the replay window.
+pub const FRAME_DATAGRAM: u8 = 0x11;
 /// Most address hints in one frame.
 pub const MAX_HINTS: usize = 32;
 

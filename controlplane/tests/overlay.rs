@@ -213,3 +213,65 @@ async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everyt
         n.shutdown().await;
     }
 }
+
+/// Above 224 expected members joins are not announced, so nodes learn of
+/// most origins only through views, shuffles and anti-entropy. Repairs then
+/// travel over mutual TLS from a member that holds the message, which vouches
+/// for its origin: messages published before every node knew their origin
+/// still reach every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repairs_over_mutual_tls_admit_origins_not_yet_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate().unwrap();
+    let ca_pem = dir.path().join("ca.crt");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let mut nodes = Vec::new();
+    for i in 1..=6u8 {
+        let seeds = if i == 1 { vec![] } else { vec![addr(20 + 1)] };
+        let mut cfg = config(dir.path(), 20 + i, &ca, &ca_pem, seeds);
+        cfg.overlay.expected_size = 100_000; // no join announcements
+        nodes.push(node::start(cfg).await.unwrap());
+    }
+    wait_for(
+        "every node has a neighbour",
+        Duration::from_secs(10),
+        || async {
+            for n in &nodes {
+                if overlay(n).await["active"].as_u64().unwrap_or(0) == 0 {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let mut ids = std::collections::HashSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        ids.insert(
+            n.publish("t", format!("from {i}").as_bytes())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut got: Vec<std::collections::HashSet<String>> = vec![Default::default(); nodes.len()];
+    let t0 = Instant::now();
+    while got.iter().any(|g| !ids.iter().all(|id| g.contains(id))) {
+        for (i, s) in subs.iter_mut().enumerate() {
+            while let Ok(d) = s.try_recv() {
+                got[i].insert(d.id.clone());
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "not delivered everywhere: {:?}",
+            got.iter().map(|g| g.len()).collect::<Vec<_>>()
+        );
+        sleep(Duration::from_millis(25)).await;
+    }
+    eprintln!("delivered everywhere after {} ms", t0.elapsed().as_millis());
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -697,10 +697,12 @@ impl Control {
     /// its QUIC address; its mesh (data) address is one port below.
     fn handle_frame(&mut self, id: mesh_transport::NodeId, remote: SocketAddr, frame: &[u8]) {
         if self.overlay.is_some() {
-            if frame.first() == Some(&crate::overlay::FRAME_OVERLAY) {
-                self.overlay_frame(id, remote, frame);
-            } else {
-                self.shared.metrics.control_invalid.inc();
+            match frame.split_first() {
+                Some((&crate::overlay::FRAME_OVERLAY, _)) => self.overlay_frame(id, remote, frame),
+                Some((&crate::overlay::FRAME_DATAGRAM, datagram)) => {
+                    self.overlay_repair(id, remote, datagram)
+                }
+                _ => self.shared.metrics.control_invalid.inc(),
             }
             return;
         }

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dataplane::tile::ForwardSet;
-use dataplane::wire::{self, Packet};
+use dataplane::wire::{self, Kind, Packet};
 use mesh_protocol::{
     Command as CoreCommand, Event, Message, MsgId, Node as Core, NodeConfig as CoreConfig,
     NodeId as CoreId, Reachability, Status as MemberStatus,
@@ -405,6 +405,51 @@ impl Control {
         });
     }
 
+    /// A graft or pull answer over mutual TLS: an authenticated member vouches for the
+    /// message's origin. Checked like the fast path checks a datagram (kind, replay window,
+    /// clock skew, signature), then stored, delivered, told to the core, and handed to the
+    /// fast path to forward to the eager set.
+    pub(super) fn overlay_repair(
+        &mut self,
+        peer: mesh_transport::NodeId,
+        remote: SocketAddr,
+        datagram: &[u8],
+    ) {
+        let wall = dataplane::tile::wall_us();
+        let g = &self.cfg.gossip;
+        let (window, skew) = (g.replay_window_ms * 1_000, g.max_clock_skew_ms * 1_000);
+        let ok = Packet::parse(datagram).ok().filter(|p| {
+            p.kind() == Kind::Data
+                && p.timestamp_us().saturating_add(window) >= wall
+                && p.timestamp_us() <= wall.saturating_add(skew)
+                && dataplane::verify::verify_one(&dataplane::verify::VerifyItem {
+                    public_key: p.origin(),
+                    message: p.signed_bytes(),
+                    signature: p.signature(),
+                })
+        });
+        let Some(p) = ok else {
+            self.count_frames("invalid", 1);
+            return;
+        };
+        self.count_frames("received", 1);
+        let from = CoreId(peer.0);
+        let Some(data) = data_addr_of(remote) else {
+            return;
+        };
+        self.with_overlay(|_, o| {
+            o.book.learn_verified(from, data);
+            o.admitted.admit(&CoreId(*p.origin()));
+        });
+        let now = self.now();
+        if self.accept_data(now, &p, wall, false) {
+            if let Some(tile) = self.tiles.first() {
+                let _ = tile.command(dataplane::tile::Command::Publish(datagram.to_vec()));
+            }
+            self.overlay_data(&p, data, false);
+        }
+    }
+
     /// Says goodbye to the active neighbours.
     pub(super) fn overlay_leave(&mut self) {
         let now = self.now();
@@ -501,7 +546,9 @@ impl Control {
         });
     }
 
-    /// A graft or pull answer: the stored signed datagram, over UDP.
+    /// A graft or pull answer: the stored signed datagram, over mutual TLS when connected
+    /// (this node then vouches for its origin, which the receiver may not know yet), else
+    /// over UDP.
     fn send_stored(&mut self, o: &OverlayState, to: CoreId, id: &MsgId) {
         let (Some(addr), Some(bytes)) = (o.book.addr(&to), self.store.get(&data_id(id))) else {
             return;
@@ -512,6 +559,16 @@ impl Control {
             && p.hop_limit() < 2
         {
             wire::set_hop_limit(&mut b, 2);
+        }
+        if let Some(tr) = &self.transport
+            && tr.is_connected(&mesh_transport::NodeId(to.0))
+        {
+            let mut frame = Vec::with_capacity(1 + b.len());
+            frame.push(crate::overlay::FRAME_DATAGRAM);
+            frame.extend_from_slice(&b);
+            self.send_frames(to, vec![frame]);
+            self.shared.metrics.repair_served.inc();
+            return;
         }
         match self.send_socket.send_to(&b, addr) {
             Ok(_) => self.shared.metrics.repair_served.inc(),

@@ -389,13 +389,67 @@ pub struct XskTx {
     local: SocketAddr,
     local_mac: Mac,
     neighbours: Neighbours,
+    /// Interface whose kernel neighbour (ARP) entries fill misses.
+    ifname: String,
+    /// Last read of the kernel's ARP table (rate-limits reads on misses).
+    arp_read_at: Option<std::time::Instant>,
     ip_id: u16,
     tx_frames: usize,
     need_wakeup: bool,
     stats: XskStats,
 }
 
+/// Least time between two reads of the kernel ARP table on neighbour misses.
+const ARP_REREAD: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Complete IPv4 entries of `ifname` in an ARP table in `/proc/net/arp` format:
+/// `IP address  HW type  Flags  HW address  Mask  Device`. Malformed lines are skipped.
+pub fn parse_arp_table(text: &str, ifname: &str) -> Vec<(IpAddr, Mac)> {
+    const COMPLETE: u32 = 0x2;
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [ip, _, flags, mac, _, dev] = f.as_slice() else {
+                return None;
+            };
+            let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()?;
+            if *dev != ifname || flags & COMPLETE == 0 {
+                return None;
+            }
+            let ip: IpAddr = ip.parse().ok()?;
+            let mut m = [0u8; 6];
+            let mut parts = mac.split(':');
+            for b in &mut m {
+                *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+            }
+            (parts.next().is_none() && m != [0; 6]).then_some((ip, m))
+        })
+        .collect()
+}
+
 impl XskTx {
+    /// On a neighbour miss: learns the kernel's complete ARP entries for this interface
+    /// (the kernel resolves peers the control plane talks to over its own sockets), at most
+    /// once per [`ARP_REREAD`]. Returns whether it read the table.
+    fn learn_from_kernel(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .arp_read_at
+            .is_some_and(|t| now.duration_since(t) < ARP_REREAD)
+        {
+            return false;
+        }
+        self.arp_read_at = Some(now);
+        let Ok(text) = std::fs::read_to_string("/proc/net/arp") else {
+            return false;
+        };
+        for (ip, mac) in parse_arp_table(&text, &self.ifname) {
+            self.neighbours.learn(ip, mac);
+        }
+        true
+    }
+
     /// Moves completed TX frames back to the free list, and kicks the
     /// kernel again while frames are still outstanding (copy mode sends at
     /// most 32 per kick).
@@ -444,7 +498,12 @@ impl XskTx {
                     self.stats.tx_ring_full += (chunk.len() - i) as u64;
                     break;
                 }
-                let Some(mac) = self.neighbours.get(dst.ip()) else {
+                let mac = match self.neighbours.get(dst.ip()) {
+                    Some(m) => Some(m),
+                    None if self.learn_from_kernel() => self.neighbours.get(dst.ip()),
+                    None => None,
+                };
+                let Some(mac) = mac else {
                     self.stats.tx_no_neighbour += 1;
                     continue;
                 };
@@ -732,6 +791,8 @@ impl XskSocket {
             local: cfg.local,
             local_mac,
             neighbours: Neighbours::default(),
+            ifname: cfg.ifname.clone(),
+            arp_read_at: None,
             ip_id: 0,
             tx_frames: tx_frames.len(),
             need_wakeup: cfg.need_wakeup,
@@ -807,5 +868,34 @@ impl Drop for XskSocket {
         if let Err(e) = self.control.unregister_xsk(self.queue) {
             tracing::warn!("removing AF_XDP socket from the XSKMAP: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_table_parsing_keeps_complete_entries_of_the_interface() {
+        let text = "\
+IP address       HW type     Flags       HW address            Mask     Device
+10.88.0.2        0x1         0x2         0a:1b:2c:3d:4e:5f     *        n0
+10.88.0.3        0x1         0x0         00:00:00:00:00:00     *        n0
+10.88.0.4        0x1         0x2         11:22:33:44:55:66     *        eth1
+10.88.0.5        0x1         0x2         zz:22:33:44:55:66     *        n0
+bogus line
+10.88.0.6        0x1         0x6         01:02:03:04:05:06     *        n0
+";
+        let got = parse_arp_table(text, "n0");
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "10.88.0.2".parse().unwrap(),
+                    [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]
+                ),
+                ("10.88.0.6".parse().unwrap(), [1, 2, 3, 4, 5, 6]),
+            ]
+        );
     }
 }

@@ -55,6 +55,10 @@ struct Args {
     /// With `--no-tls` it is always `full`.
     #[arg(long, default_value = "hyparview", value_parser = ["hyparview", "full"])]
     overlay: String,
+    /// With `hyparview`: print every node's active view at the end, eager
+    /// links (the fast path's forward set) marked `*`.
+    #[arg(long)]
+    show_tree: bool,
 }
 
 impl Args {
@@ -490,7 +494,7 @@ fn run(
                 )
             })
             .collect();
-        if std::env::var_os("MESH_DEMO_EDGES").is_some() {
+        if args.show_tree {
             for n in nodes.iter() {
                 let p: serde_json::Value = ureq::get(&format!("http://{}/v1/peers", n.api))
                     .call()?

@@ -121,6 +121,22 @@ pub struct PipelineConfig {
     pub dedup_seed: u64,
 }
 
+impl PipelineConfig {
+    /// The replay-window rule: a message stamped `ts_us` (origin clock) is
+    /// `Stale` when older than the window at local time `wall_us`, and
+    /// `FromFuture` when further ahead than the allowed skew. Drivers that
+    /// take messages outside the pipeline (repairs) apply the same rule.
+    pub fn check_timestamp(&self, ts_us: u64, wall_us: u64) -> Result<(), DropReason> {
+        if ts_us.saturating_add(self.replay_window_us) < wall_us {
+            return Err(DropReason::Stale);
+        }
+        if ts_us > wall_us.saturating_add(self.max_clock_skew_us) {
+            return Err(DropReason::FromFuture);
+        }
+        Ok(())
+    }
+}
+
 /// Decides whether a message origin (Ed25519 public key) is an admitted
 /// member. Called once per screened message; must not block (read a
 /// lock-free snapshot).
@@ -276,13 +292,8 @@ impl Pipeline {
                 return None;
             }
         };
-        let ts = p.timestamp_us();
-        if ts.saturating_add(self.cfg.replay_window_us) < wall_us {
-            self.counters.dropped[DropReason::Stale as usize] += 1;
-            return None;
-        }
-        if ts > wall_us.saturating_add(self.cfg.max_clock_skew_us) {
-            self.counters.dropped[DropReason::FromFuture as usize] += 1;
+        if let Err(r) = self.cfg.check_timestamp(p.timestamp_us(), wall_us) {
+            self.counters.dropped[r as usize] += 1;
             return None;
         }
         if let Some(admit) = &self.admit

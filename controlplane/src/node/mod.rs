@@ -371,6 +371,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     // The kernel socket's tile always runs: it is the whole fast path on the
     // UDP backend, and with XDP it handles mesh packets the program passes
     // (queues without an AF_XDP socket).
+    let pipeline_cfg = tile_cfg.pipeline;
     tiles.push(tile::spawn_udp_tile(
         socket,
         tile_cfg,
@@ -444,6 +445,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     });
     let control = Control {
         overlay,
+        pipeline_cfg,
         _otlp: otlp,
         transport,
         connecting: std::collections::HashSet::new(),
@@ -524,6 +526,8 @@ struct Control {
     /// The protocol cores and their I/O state (`overlay.mode = "hyparview"`); the peer
     /// table runs otherwise.
     overlay: Option<overlay::OverlayState>,
+    /// The fast path's screening rules, for messages taken outside it (repairs).
+    pipeline_cfg: PipelineConfig,
     /// OTLP export; flushes when the node stops.
     _otlp: Option<crate::otlp::OtlpExport>,
     cfg: Config,

@@ -416,12 +416,12 @@ impl Control {
         datagram: &[u8],
     ) {
         let wall = dataplane::tile::wall_us();
-        let g = &self.cfg.gossip;
-        let (window, skew) = (g.replay_window_ms * 1_000, g.max_clock_skew_ms * 1_000);
         let ok = Packet::parse(datagram).ok().filter(|p| {
             p.kind() == Kind::Data
-                && p.timestamp_us().saturating_add(window) >= wall
-                && p.timestamp_us() <= wall.saturating_add(skew)
+                && self
+                    .pipeline_cfg
+                    .check_timestamp(p.timestamp_us(), wall)
+                    .is_ok()
                 && dataplane::verify::verify_one(&dataplane::verify::VerifyItem {
                     public_key: p.origin(),
                     message: p.signed_bytes(),

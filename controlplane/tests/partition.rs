@@ -16,10 +16,9 @@ mod common;
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Ns, ctl, sh, try_status};
+use common::{Daemon, Ns, collect, ctl, finish, sh, try_status};
 
 const NODES: usize = 6;
 
@@ -84,40 +83,6 @@ fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool, logs: &dyn Fn(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Starts `meshctl subscribe t --count N` in the node's namespace.
-fn collect(ns: &Ns, topic: &str, count: usize) -> std::process::Child {
-    ns.cmd(env!("CARGO_BIN_EXE_meshctl"))
-        .args([
-            "--api",
-            "127.0.0.1:7480",
-            "subscribe",
-            topic,
-            "--count",
-            &count.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("subscribe")
-}
-
-fn finish(sub: std::process::Child, limit: Duration) -> HashSet<String> {
-    let pid = sub.id();
-    let guard = std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        // SAFETY: kill(2) on a child of ours that may already be gone.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-    });
-    let out = sub.wait_with_output().expect("subscriber");
-    drop(guard);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["id"].as_str().map(str::to_owned))
-        .collect()
 }
 
 #[test]

@@ -16,10 +16,10 @@ mod common;
 use std::fs::File;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Ns, ctl, sh, try_status};
+use common::{Daemon, Ns, collect, ctl, finish, sh, try_status};
 
 use dataplane::identity::Identity;
 use dataplane::tile::wall_us;
@@ -146,16 +146,7 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
     }
 
     // Subscribers on every node, then 20 messages from A and 20 from C.
-    let subs: Vec<Child> = [a, b, c]
-        .iter()
-        .map(|ns| {
-            ns.cmd(env!("CARGO_BIN_EXE_meshctl"))
-                .args(["--api", "127.0.0.1:7480", "subscribe", "t", "--count", "40"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("subscribe")
-        })
-        .collect();
+    let subs: Vec<Child> = [a, b, c].iter().map(|ns| collect(ns, "t", 40)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut ids = Vec::new();
     for k in 0..20 {
@@ -165,21 +156,7 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
         }
     }
     for (i, sub) in subs.into_iter().enumerate() {
-        let pid = sub.id();
-        let watchdog = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(20));
-            // SAFETY: kill(2) on a child of ours that may already be gone.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-        });
-        let out = sub.wait_with_output().unwrap();
-        drop(watchdog);
-        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["id"].as_str().map(str::to_owned))
-            .collect();
+        let got = finish(sub, Duration::from_secs(20));
         for id in &ids {
             assert!(
                 got.contains(id),
@@ -358,16 +335,7 @@ fn four_meshd_nodes_on_xdp_run_the_protocol_cores() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let subs: Vec<Child> = nss
-        .iter()
-        .map(|ns| {
-            ns.cmd(env!("CARGO_BIN_EXE_meshctl"))
-                .args(["--api", "127.0.0.1:7480", "subscribe", "t", "--count", "40"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("subscribe")
-        })
-        .collect();
+    let subs: Vec<Child> = nss.iter().map(|ns| collect(ns, "t", 40)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut ids = Vec::new();
     for k in 0..20 {
@@ -377,22 +345,8 @@ fn four_meshd_nodes_on_xdp_run_the_protocol_cores() {
         }
     }
     for (i, sub) in subs.into_iter().enumerate() {
-        let pid = sub.id();
-        let watchdog = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(20));
-            // SAFETY: kill(2) on a child of ours that may already be gone.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-        });
-        let out = sub.wait_with_output().unwrap();
-        drop(watchdog);
-        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["id"].as_str().map(str::to_owned))
-            .collect();
-        let missing = ids.iter().filter(|id| !got.contains(id)).count();
+        let got = finish(sub, Duration::from_secs(20));
+        let missing = ids.iter().filter(|id| !got.contains(*id)).count();
         assert_eq!(missing, 0, "node {} missed {missing}\n{}", names[i], logs());
     }
     // Data went through AF_XDP both ways (AF_XDP TX finds the peers' MACs in

@@ -186,3 +186,39 @@ probe_timeout_ms = 100
         cert = cert.display(),
     )
 }
+
+/// Starts `meshctl subscribe TOPIC --count N` in the node's namespace.
+pub fn collect(ns: &Ns, topic: &str, count: usize) -> Child {
+    ns.cmd(env!("CARGO_BIN_EXE_meshctl"))
+        .args([
+            "--api",
+            "127.0.0.1:7480",
+            "subscribe",
+            topic,
+            "--count",
+            &count.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("subscribe")
+}
+
+/// Waits for a subscriber from [`collect`] (killed after `limit`) and returns
+/// the message ids it printed.
+pub fn finish(sub: Child, limit: Duration) -> std::collections::HashSet<String> {
+    let pid = sub.id();
+    let guard = std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        // SAFETY: kill(2) on a child of ours that may already be gone.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    });
+    let out = sub.wait_with_output().expect("subscriber");
+    drop(guard);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["id"].as_str().map(str::to_owned))
+        .collect()
+}

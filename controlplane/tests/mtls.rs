@@ -4,8 +4,9 @@
 //! node without TLS, never become peers, and data signed by them is dropped
 //! before its signature is checked.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,13 +32,7 @@ fn member(
     tls: bool,
 ) -> Config {
     let seed = [i.wrapping_mul(37).wrapping_add(11); 32];
-    let key = dir.join(format!("n{i}.key"));
-    std::fs::write(&key, format!("{}\n", hex::encode(seed))).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let id = Identity::from_seed(seed).node_id().0;
-    let cert = dir.join(format!("n{i}.crt"));
-    let der = ca.issue(id, Duration::from_secs(3600)).unwrap();
-    std::fs::write(&cert, mesh_transport::ca::cert_to_pem(&der)).unwrap();
+    let (key, cert) = common::write_member(dir, &format!("n{i}"), seed, ca);
     let mut c = Config::default();
     c.node.key_file = key;
     c.node.listen = addr(i);

@@ -5,14 +5,14 @@
 //! node with another CA's certificate never joins, and a clean leave is seen
 //! as `left`.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use controlplane::config::{Config, OverlayMode};
 use controlplane::node::{self, NodeHandle};
-use dataplane::identity::Identity;
 use mesh_transport::MeshCa;
 use tokio::time::{Instant, sleep};
 
@@ -24,13 +24,7 @@ fn addr(i: u8) -> SocketAddr {
 
 fn config(dir: &Path, i: u8, ca: &MeshCa, ca_pem: &Path, bootstrap: Vec<SocketAddr>) -> Config {
     let seed = [i.wrapping_mul(53).wrapping_add(7); 32];
-    let key = dir.join(format!("n{i}.key"));
-    std::fs::write(&key, format!("{}\n", hex::encode(seed))).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let id = Identity::from_seed(seed).node_id().0;
-    let cert = dir.join(format!("n{i}.crt"));
-    let der = ca.issue(id, Duration::from_secs(3600)).unwrap();
-    std::fs::write(&cert, mesh_transport::ca::cert_to_pem(&der)).unwrap();
+    let (key, cert) = common::write_member(dir, &format!("n{i}"), seed, ca);
     let mut c = Config::default();
     c.node.key_file = key;
     c.node.listen = addr(i);
@@ -61,6 +55,31 @@ where
         assert!(t0.elapsed() < limit, "timed out after {limit:?}: {what}");
         sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Waits until every subscriber got every id in `ids`; fails after `limit`
+/// with the count each one got. Returns how long it took.
+async fn wait_delivered(
+    subs: &mut [tokio::sync::broadcast::Receiver<std::sync::Arc<node::Delivered>>],
+    ids: &std::collections::HashSet<String>,
+    limit: Duration,
+) -> Duration {
+    let mut got: Vec<std::collections::HashSet<String>> = vec![Default::default(); subs.len()];
+    let t0 = Instant::now();
+    while got.iter().any(|g| !ids.iter().all(|id| g.contains(id))) {
+        for (i, s) in subs.iter_mut().enumerate() {
+            while let Ok(d) = s.try_recv() {
+                got[i].insert(d.id.clone());
+            }
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "not delivered everywhere: {:?}",
+            got.iter().map(|g| g.len()).collect::<Vec<_>>()
+        );
+        sleep(Duration::from_millis(25)).await;
+    }
+    t0.elapsed()
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -169,21 +188,7 @@ async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everyt
         }
         sleep(Duration::from_millis(5)).await;
     }
-    let mut got: Vec<std::collections::HashSet<String>> = vec![Default::default(); nodes.len()];
-    let t0 = Instant::now();
-    while got.iter().any(|g| !ids.iter().all(|id| g.contains(id))) {
-        for (i, s) in subs.iter_mut().enumerate() {
-            while let Ok(d) = s.try_recv() {
-                got[i].insert(d.id.clone());
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "not delivered everywhere: {:?}",
-            got.iter().map(|g| g.len()).collect::<Vec<_>>()
-        );
-        sleep(Duration::from_millis(25)).await;
-    }
+    wait_delivered(&mut subs, &ids, Duration::from_secs(20)).await;
 
     // Plumtree made redundant links lazy: fewer eager links than active ones,
     // and prunes were sent.
@@ -255,22 +260,8 @@ async fn repairs_over_mutual_tls_admit_origins_not_yet_known() {
                 .id,
         );
     }
-    let mut got: Vec<std::collections::HashSet<String>> = vec![Default::default(); nodes.len()];
-    let t0 = Instant::now();
-    while got.iter().any(|g| !ids.iter().all(|id| g.contains(id))) {
-        for (i, s) in subs.iter_mut().enumerate() {
-            while let Ok(d) = s.try_recv() {
-                got[i].insert(d.id.clone());
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(8),
-            "not delivered everywhere: {:?}",
-            got.iter().map(|g| g.len()).collect::<Vec<_>>()
-        );
-        sleep(Duration::from_millis(25)).await;
-    }
-    eprintln!("delivered everywhere after {} ms", t0.elapsed().as_millis());
+    let took = wait_delivered(&mut subs, &ids, Duration::from_secs(8)).await;
+    eprintln!("delivered everywhere after {} ms", took.as_millis());
     for n in nodes {
         n.shutdown().await;
     }

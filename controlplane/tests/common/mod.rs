@@ -164,11 +164,7 @@ pub fn hyparview_sections(
 ) -> String {
     let key = dir.join(format!("{name}.key"));
     let (id, _) = dataplane::identity::Identity::load_or_create(&key).expect("node key");
-    let der = ca
-        .issue(id.node_id().0, Duration::from_secs(3600))
-        .expect("issue");
-    let cert = dir.join(format!("{name}.crt"));
-    std::fs::write(&cert, mesh_transport::ca::cert_to_pem(&der)).expect("write cert");
+    let cert = write_cert(dir, name, id.node_id().0, ca);
     format!(
         r#"
 [tls]
@@ -221,4 +217,33 @@ pub fn finish(sub: Child, limit: Duration) -> std::collections::HashSet<String> 
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["id"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// Issues `ca`'s certificate (one hour) for `node_id` into `dir/{name}.crt`.
+pub fn write_cert(
+    dir: &std::path::Path,
+    name: &str,
+    node_id: [u8; 32],
+    ca: &mesh_transport::MeshCa,
+) -> std::path::PathBuf {
+    let der = ca.issue(node_id, Duration::from_secs(3600)).expect("issue");
+    let cert = dir.join(format!("{name}.crt"));
+    std::fs::write(&cert, mesh_transport::ca::cert_to_pem(&der)).expect("write cert");
+    cert
+}
+
+/// A member's files: the key for `seed` in `dir/{name}.key` (mode 0600) and
+/// `ca`'s certificate for it. Returns `(key, cert)`.
+pub fn write_member(
+    dir: &std::path::Path,
+    name: &str,
+    seed: [u8; 32],
+    ca: &mesh_transport::MeshCa,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&key, format!("{}\n", hex::encode(seed))).expect("write key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    let id = dataplane::identity::Identity::from_seed(seed).node_id().0;
+    (key.clone(), write_cert(dir, name, id, ca))
 }

@@ -261,7 +261,7 @@ impl Admitted {
         self.set.len()
     }
 
-    /// Whether only nothing is admitted (never: `me` always is).
+    /// Whether nothing is admitted (never true: this node always is).
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
     }

@@ -367,13 +367,13 @@ impl Control {
                 }
             }
             // duplicates reported before this first copy was handed on
-            if o.early_dups.iter().any(|(d, _)| *d == id) {
-                let early: Vec<CoreId> = o
-                    .early_dups
-                    .iter()
-                    .filter(|(d, _)| *d == id)
-                    .map(|(_, f)| *f)
-                    .collect();
+            let early: Vec<CoreId> = o
+                .early_dups
+                .iter()
+                .filter(|(d, _)| *d == id)
+                .map(|(_, f)| *f)
+                .collect();
+            if !early.is_empty() {
                 o.early_dups.retain(|(d, _)| *d != id);
                 for from in early {
                     dup_to_core(o, now, id, from);

@@ -13,6 +13,8 @@
 //! - [`gossip`]: Plumtree eager/lazy push with graft repair, retained store, push-pull
 //!   anti-entropy; the eager set is the data plane's forwarding set.
 //! - [`heal`]: member-state CRDT (a join-semilattice) and the partition detector.
+//! - [`tree`]: the rooted breadth-first tree (beacons from the lowest live id) that is the
+//!   eager set when enabled.
 //! - [`topology`]: RTT estimates and near + random peer choice, rebalancing.
 //! - [`wire`]: the [`Message`] enum and its bounded binary encoding.
 //! - [`time`], [`id`]: own `Instant`, `NodeId`, `MsgId`.
@@ -26,6 +28,7 @@ pub mod membership;
 pub mod node;
 pub mod time;
 pub mod topology;
+pub mod tree;
 pub mod views;
 pub mod wire;
 

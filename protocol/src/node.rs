@@ -17,6 +17,7 @@ use crate::membership::{
 };
 use crate::time::{Duration, Instant};
 use crate::topology::{TopologyConfig, near_count, pick_candidate, rebalance};
+use crate::tree::{RootedTree, TreeConfig, TreeStats};
 use crate::views::{Outbox, ViewConfig, ViewDelta, Views};
 use crate::wire::{DecodeError, MAX_PAYLOAD, MemberUpdate, Message};
 
@@ -31,6 +32,8 @@ pub struct NodeConfig {
     pub gossip: GossipConfig,
     /// Latency-aware peer choice.
     pub topology: TopologyConfig,
+    /// The rooted dissemination tree (the eager set when enabled).
+    pub tree: TreeConfig,
     /// Partition detection.
     pub partition: PartitionConfig,
     /// Most members remembered (views, recently heard, departed). Default 224 at any size
@@ -65,6 +68,7 @@ impl NodeConfig {
             topology,
             swim: SwimConfig::default(),
             gossip: GossipConfig::default(),
+            tree: TreeConfig::default(),
             partition: PartitionConfig::default(),
             size_hint: n,
             heal_interval: Duration::from_secs(10),
@@ -152,6 +156,8 @@ pub struct NodeStats {
     pub swim: SwimStats,
     /// Dissemination.
     pub gossip: GossipStats,
+    /// Rooted tree.
+    pub tree: TreeStats,
     /// Messages handled.
     pub received: u64,
     /// Datagrams that failed to decode (dropped, no state change).
@@ -193,6 +199,8 @@ pub struct Node<R: RngCore> {
     swim: Swim,
     views: Views,
     gossip: Plumtree,
+    tree: RootedTree,
+    last_tree_version: u64,
     detector: PartitionDetector,
     seeds: Vec<NodeId>,
     next_heal: Instant,
@@ -217,11 +225,15 @@ impl<R: RngCore> Node<R> {
             now + jittered(cfg.swim.probe_interval, 50, &mut rng) - cfg.swim.probe_interval / 2,
         );
         let views = Views::new(cfg.views.clone(), me, now);
-        let gossip = Plumtree::new(
+        let mut gossip = Plumtree::new(
             cfg.gossip.clone(),
             now + jittered(cfg.gossip.anti_entropy_interval, 50, &mut rng)
                 - cfg.gossip.anti_entropy_interval,
         );
+        if cfg.tree.enabled {
+            gossip.set_managed();
+        }
+        let tree = RootedTree::new(cfg.tree.clone(), me, now);
         Node {
             members: MemberTable::new(cfg.member_capacity, rng.next_u64()),
             detector: PartitionDetector::new(cfg.partition.clone()),
@@ -231,6 +243,8 @@ impl<R: RngCore> Node<R> {
             swim,
             views,
             gossip,
+            tree,
+            last_tree_version: 0,
             cfg,
             me,
             rng,
@@ -265,6 +279,12 @@ impl<R: RngCore> Node<R> {
     /// Bumped whenever [`Node::eager_peers`] changes (for the driver's arc-swap snapshot).
     pub fn eager_version(&self) -> u64 {
         self.gossip.eager_version()
+    }
+
+    /// The rooted tree (root, hops, parent, children); meaningful when
+    /// [`TreeConfig::enabled`].
+    pub fn tree(&self) -> &RootedTree {
+        &self.tree
     }
 
     /// Active neighbours that get only lazy `IHave` announcements.
@@ -322,6 +342,7 @@ impl<R: RngCore> Node<R> {
         NodeStats {
             swim: self.swim.stats(),
             gossip: self.gossip.stats(),
+            tree: self.tree.stats(),
             received: self.received,
             decode_errors: self.decode_errors,
         }
@@ -365,6 +386,11 @@ impl<R: RngCore> Node<R> {
             .poll_timeout()
             .min(self.views.poll_timeout())
             .min(self.gossip.poll_timeout());
+        let t = if self.cfg.tree.enabled {
+            t.min(self.tree.poll_timeout())
+        } else {
+            t
+        };
         Some(t.min(self.next_heal).min(self.next_rebalance))
     }
 
@@ -508,6 +534,17 @@ impl<R: RngCore> Node<R> {
                 self.gossip.on_graft(from, active, &ids, &mut out);
             }
             Message::Prune => self.gossip.on_prune(from),
+            Message::Beacon {
+                root,
+                seq,
+                hops,
+                child,
+            } => {
+                if self.cfg.tree.enabled && self.views.is_active(&from) {
+                    self.tree
+                        .on_beacon(now, from, (root, seq, hops, child), &mut out);
+                }
+            }
             Message::Nack { seq } => {
                 if let Some(p) = &mut self.swim.probe
                     && p.seq == seq
@@ -665,6 +702,9 @@ impl<R: RngCore> Node<R> {
             self.fill(now, &mut out);
         }
         self.gossip.on_timeout(now, &mut out);
+        if self.cfg.tree.enabled {
+            self.tree.on_timeout(now, &mut out);
+        }
         if self.gossip.anti_entropy_due(now, &mut self.rng) && !self.views.active().is_empty() {
             let a = self.views.active();
             let peer = a[self.rng.random_range(0..a.len())];
@@ -1167,6 +1207,11 @@ impl<R: RngCore> Node<R> {
             self.cfg.topology.near_slots,
             self.cfg.topology.rebalance_ratio,
         ) {
+            // a tree link carries payloads: dropping it detaches a whole subtree until the
+            // next wave, so rebalancing only swaps out lazy links
+            if self.cfg.tree.enabled && self.tree.tree_neighbors().contains(&drop) {
+                return;
+            }
             self.views
                 .request_neighbor(now, add, false, Some(drop), out);
         }
@@ -1180,10 +1225,16 @@ impl<R: RngCore> Node<R> {
                 ViewDelta::Up(p) => {
                     self.ensure_member(now, p);
                     self.gossip.neighbor_up(p);
+                    if self.cfg.tree.enabled {
+                        self.tree.neighbor_up(p, &mut self.out);
+                    }
                     self.events.push_back(Event::NeighborUp(p));
                 }
                 ViewDelta::Down(p) => {
                     self.gossip.neighbor_down(&p);
+                    if self.cfg.tree.enabled {
+                        self.tree.neighbor_down(now, &p, &mut self.out);
+                    }
                     self.events.push_back(Event::NeighborDown(p));
                     refill = true;
                 }
@@ -1193,6 +1244,10 @@ impl<R: RngCore> Node<R> {
             let mut out = std::mem::take(&mut self.out);
             self.fill(now, &mut out);
             self.out = out;
+        }
+        if self.cfg.tree.enabled && self.tree.version() != self.last_tree_version {
+            self.last_tree_version = self.tree.version();
+            self.gossip.set_tree(&self.tree.tree_neighbors());
         }
         let v = self.gossip.eager_version();
         if v != self.last_eager_version {
@@ -1224,6 +1279,9 @@ mod tests {
 
     impl Cluster {
         fn new(n: u8) -> Self {
+            Self::with(n, |_| {})
+        }
+        fn with(n: u8, tune: impl Fn(&mut NodeConfig)) -> Self {
             let mut c = Cluster {
                 nodes: BTreeMap::new(),
                 now: Instant::ZERO,
@@ -1231,13 +1289,9 @@ mod tests {
                 delivered: BTreeMap::new(),
             };
             for i in 0..n {
-                let node = Node::new(
-                    NodeConfig::for_size(n as u64),
-                    id(i),
-                    0,
-                    c.now,
-                    SmallRng::seed_from_u64(i as u64),
-                );
+                let mut cfg = NodeConfig::for_size(n as u64);
+                tune(&mut cfg);
+                let node = Node::new(cfg, id(i), 0, c.now, SmallRng::seed_from_u64(i as u64));
                 c.nodes.insert(id(i), node);
                 if i > 0 {
                     c.command(id(i), Command::Join(id(0)));
@@ -1334,6 +1388,77 @@ mod tests {
                 .values()
                 .all(|n| n.eager_version() > 0 && !n.eager_peers().is_empty())
         );
+    }
+
+    #[test]
+    fn on_the_rooted_tree_a_burst_from_every_node_costs_one_payload_per_node() {
+        // the tree alone: no flood at the origin (the default pushes to all its neighbours)
+        let mut c = Cluster::with(20, |c| c.gossip.flood_rounds = 0);
+        // joins settle first (all 20 join at once, views churn for a few seconds)
+        c.run(Duration::from_secs(15));
+        // one tree: everyone follows node 0 (the lowest id) and the eager sets are its links
+        for n in c.nodes.values() {
+            assert_eq!(n.tree().root(), id(0));
+            let mut e = n.eager_peers().to_vec();
+            let mut t = n.tree().tree_neighbors();
+            e.sort();
+            t.sort();
+            assert_eq!(e, t);
+        }
+        let before: u64 = c
+            .nodes
+            .values()
+            .map(|n| n.stats().gossip.payload_sent)
+            .sum();
+        // all 20 publish at once
+        for i in 0..20u8 {
+            c.command(
+                id(i),
+                Command::Broadcast {
+                    id: MsgId([100 + i; 32]),
+                    payload: vec![i],
+                },
+            );
+        }
+        c.run(Duration::from_secs(2));
+        for i in 0..20u8 {
+            let got = c
+                .delivered
+                .values()
+                .filter(|v| v.contains(&MsgId([100 + i; 32])))
+                .count();
+            assert_eq!(got, 20, "message from {i}");
+        }
+        let sent: u64 = c
+            .nodes
+            .values()
+            .map(|n| n.stats().gossip.payload_sent)
+            .sum();
+        // a tree over 20 nodes has 19 links: 19 payload sends per broadcast, no duplicates
+        assert_eq!(sent - before, 20 * 19);
+        let dups: u64 = c.nodes.values().map(|n| n.stats().gossip.duplicates).sum();
+        assert_eq!(dups, 0);
+    }
+
+    #[test]
+    fn with_the_rooted_tree_off_plumtree_shapes_the_eager_set_from_duplicates() {
+        let mut cfg = NodeConfig::for_size(20);
+        cfg.tree.enabled = false;
+        let mut n = Node::new(cfg, id(1), 0, Instant::ZERO, SmallRng::seed_from_u64(1));
+        n.handle_message(Instant::ZERO, id(2), Message::Join);
+        while n.poll_transmit().is_some() {}
+        assert_eq!(n.eager_peers(), &[id(2)], "a new neighbour starts eager");
+        n.handle_message(
+            Instant::ZERO,
+            id(2),
+            Message::Beacon {
+                root: id(0),
+                seq: 1,
+                hops: 0,
+                child: false,
+            },
+        );
+        assert!(n.tree().is_root(), "beacons are ignored");
     }
 
     #[test]

@@ -134,6 +134,18 @@ pub enum Message {
         /// The requester's probe sequence number.
         seq: u32,
     },
+    /// Rooted tree: the sender's position in the dissemination tree (sent to every active
+    /// neighbour when it changes, and with every new wave of the root's sequence number).
+    Beacon {
+        /// The root the sender follows (the lowest node id it knows to be live).
+        root: NodeId,
+        /// The root's wave number the sender has seen through its parent.
+        seq: u32,
+        /// The sender's hop distance from the root along the tree.
+        hops: u16,
+        /// The receiver is the sender's parent (so the sender is its child).
+        child: bool,
+    },
     /// Anti-entropy: per-bucket fingerprints of the retained message ids.
     SyncDigest {
         /// Exactly [`DIGEST_BUCKETS`] fingerprints.
@@ -429,6 +441,18 @@ impl Message {
                 out.push(19);
                 out.extend_from_slice(&seq.to_le_bytes());
             }
+            Message::Beacon {
+                root,
+                seq,
+                hops,
+                child,
+            } => {
+                out.push(20);
+                out.extend_from_slice(&root.0);
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&hops.to_le_bytes());
+                out.push(*child as u8);
+            }
         }
     }
 
@@ -459,6 +483,7 @@ impl Message {
             Message::SyncDigest { .. } => 8 * DIGEST_BUCKETS,
             Message::SyncIds { ids: i, .. } => 2 + ids(i),
             Message::Nack { .. } => 4,
+            Message::Beacon { .. } => 32 + 4 + 2 + 1,
         }
     }
 
@@ -551,6 +576,12 @@ impl Message {
             }
             18 => Message::Pull { ids: r.ids()? },
             19 => Message::Nack { seq: r.u32()? },
+            20 => Message::Beacon {
+                root: NodeId(r.b32()?),
+                seq: r.u32()?,
+                hops: r.u16()?,
+                child: r.bool()?,
+            },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         if !r.buf.is_empty() {
@@ -655,6 +686,14 @@ mod tests {
                 .prop_map(|(bucket, reply, ids)| Message::SyncIds { bucket, reply, ids }),
             ids().prop_map(|ids| Message::Pull { ids }),
             any::<u32>().prop_map(|seq| Message::Nack { seq }),
+            (node(), any::<u32>(), any::<u16>(), any::<bool>()).prop_map(
+                |(root, seq, hops, child)| Message::Beacon {
+                    root,
+                    seq,
+                    hops,
+                    child
+                }
+            ),
         ]
     }
 

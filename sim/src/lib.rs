@@ -111,6 +111,19 @@ pub struct BroadcastReport {
     pub payload_tx: u64,
 }
 
+/// Rooted-tree outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeReport {
+    /// `Beacon`s sent, all run long.
+    pub beacons: u64,
+    /// Parent changes, summed over the nodes alive at the end.
+    pub parent_changes: u64,
+    /// Distinct roots followed by the nodes alive at the end (1 = one tree).
+    pub roots_at_end: u32,
+    /// Deepest node's hop count from its root at the end.
+    pub max_depth: u16,
+}
+
 /// Partition-heal outcome.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealReport {
@@ -174,6 +187,8 @@ pub struct Report {
     pub view_drops: u64,
     /// `Graft`s sent (tree repairs) and `Prune`s sent, all run long.
     pub grafts_prunes: (u64, u64),
+    /// Rooted-tree figures (zero when the rooted tree is off).
+    pub tree: TreeReport,
     /// Virtual time at the end (ms).
     pub end_ms: u64,
     /// Events processed.
@@ -289,6 +304,21 @@ impl Report {
             s,
             "grafts / prunes                {} / {}",
             self.grafts_prunes.0, self.grafts_prunes.1
+        );
+        let _ = writeln!(
+            s,
+            "tree: roots / depth / beacons  {} / {} / {} ({:.1} per node per s)",
+            self.tree.roots_at_end,
+            self.tree.max_depth,
+            self.tree.beacons,
+            self.tree.beacons as f64
+                / self.nodes.max(1) as f64
+                / (self.end_ms.max(1) as f64 / 1000.0)
+        );
+        let _ = writeln!(
+            s,
+            "tree: parent changes           {}",
+            self.tree.parent_changes
         );
         let _ = writeln!(
             s,
@@ -412,6 +442,7 @@ struct Sim {
     done: bool,
     first_bcast_at: u64,
     view_drops: u64,
+    beacons: u64,
 }
 
 impl Sim {
@@ -502,6 +533,9 @@ impl Sim {
         }
         self.sent += 1;
         self.bytes += msg.encoded_len() as u64;
+        if matches!(msg, Message::Beacon { .. }) {
+            self.beacons += 1;
+        }
         if let Message::Gossip { id, .. } = &msg
             && let Some(&b) = self.by_id.get(id)
         {
@@ -902,9 +936,16 @@ impl Sim {
             (0, 0, 0usize, 0usize, 0usize);
         let mut not_connected = 0;
         let (mut grafts, mut prunes) = (0, 0);
+        let mut tree = TreeReport::default();
+        let mut roots = BTreeSet::new();
         for s in &self.slots {
             if let Some(node) = &s.node {
                 let st = node.stats();
+                tree.parent_changes += st.tree.parent_changes;
+                if node.config().tree.enabled {
+                    roots.insert(node.tree().root());
+                    tree.max_depth = tree.max_depth.max(node.tree().hops());
+                }
                 probes += st.swim.probes;
                 suspicions += st.swim.suspicions_raised;
                 grafts += st.gossip.grafts;
@@ -953,6 +994,11 @@ impl Sim {
             heal,
             view_drops: self.view_drops,
             grafts_prunes: (grafts, prunes),
+            tree: TreeReport {
+                beacons: self.beacons,
+                roots_at_end: roots.len() as u32,
+                ..tree
+            },
             end_ms: self.now / MS,
             events: self.events,
         }
@@ -1002,6 +1048,7 @@ pub fn run(cfg: &SimConfig) -> Report {
         done: false,
         first_bcast_at: 0,
         view_drops: 0,
+        beacons: 0,
     };
     sim.run();
     sim.report()

@@ -2,12 +2,14 @@
 //!
 //! - **Eager push** along a spanning tree: a new message goes in full (`Gossip`) to the
 //!   *eager* peers, and as an id (`IHave`, batched per [`GossipConfig::lazy_flush`]) to the
-//!   *lazy* peers. New active neighbours start eager; a duplicate over an eager link makes it
-//!   lazy (`Prune`), so after the first broadcast the eager links form a tree and each payload
-//!   crosses about one link per node.
-//! - **Flood zone**: within [`GossipConfig::flood_rounds`] hops of the origin the payload goes
-//!   to every active peer, without touching the tree; this bounds the hop count for all origins
-//!   at ~1% extra payload cost at 10k nodes.
+//!   *lazy* peers. Who is eager is decided either here, by Plumtree's rules (new active
+//!   neighbours start eager; a duplicate over an eager link makes it lazy with `Prune`, so
+//!   after the first broadcast the eager links form a tree), or, in *managed* mode, by the
+//!   rooted tree ([`crate::tree`], via [`Plumtree::set_tree`]), which data never reshapes.
+//!   Either way each payload crosses about one link per node.
+//! - **Flood zone**: within [`GossipConfig::flood_rounds`] hops of the origin (default: the
+//!   origin itself) the payload goes to every active peer, without touching the tree, so the
+//!   message does not hang on one datagram while only its origin has it.
 //! - **Pull repair**: an `IHave` for an unknown id starts a timer ([`GossipConfig::ihave_timeout`]);
 //!   if the payload has not arrived when it fires, `Graft` asks the announcer for it and makes
 //!   that link eager (tree repair). Further announcers are tried every
@@ -64,12 +66,12 @@ pub struct GossipConfig {
     pub optimize_threshold: u16,
     /// Hops near the origin that push the payload to *all* active peers (eager and lazy)
     /// instead of only along the tree. Duplicates from this zone neither prune nor graft, so
-    /// the tree is untouched; the message enters the shared tree at ~`active^flood_rounds`
-    /// points at once, which bounds the hop count for every origin (a single shared tree's
-    /// depth from an arbitrary origin is up to twice its radius). Cost: about
-    /// `active^flood_rounds / n` extra payloads per node. Default 0 (plain Plumtree):
-    /// **experimental** — in the simulator it did not lower the maximum hop count, because
-    /// the tail comes from graft repairs, not from tree depth.
+    /// the tree is untouched. Default 1: the origin pushes to every neighbour, so a message
+    /// survives its origin crashing right after publishing and a lost first push (with one
+    /// eager link, a leaf's only copy otherwise rides on one datagram; the simulator at 20%
+    /// loss and 10% churn lost such a message). Cost: about `active` extra payloads per
+    /// broadcast in the whole mesh. Higher values enter the tree at ~`active^flood_rounds`
+    /// points: experimental, it did not lower the maximum hop count of Plumtree's own tree.
     pub flood_rounds: u16,
     /// Deep-flood threshold: a node that got a message at this hop count or later pushes it to
     /// *all* active peers. Bounds the tail of the shared tree (a message that has travelled
@@ -112,7 +114,7 @@ impl Default for GossipConfig {
             max_missing: 1024,
             max_sync_pages: 8,
             optimize_threshold: 0,
-            flood_rounds: 0,
+            flood_rounds: 1,
             deep_flood_round: 0,
             external_eager: false,
             prune_after_duplicates: 1,
@@ -181,6 +183,9 @@ pub struct Plumtree {
     dup_streak: BTreeMap<NodeId, u8>,
     /// Directional pruning: neighbours asked to stop pushing to us (our pruned upstreams).
     pruned_in: BTreeSet<NodeId>,
+    /// The eager set is set from outside ([`Plumtree::set_tree`]): duplicates do not prune,
+    /// grafts and first copies do not make links eager, `Prune` is ignored.
+    managed: bool,
     lazy_queue: BTreeMap<NodeId, Vec<(MsgId, u16)>>,
     flush_at: Option<Instant>,
     next_ae: Instant,
@@ -213,6 +218,7 @@ impl Plumtree {
             pulled: BTreeMap::new(),
             dup_streak: BTreeMap::new(),
             pruned_in: BTreeSet::new(),
+            managed: false,
             lazy_queue: BTreeMap::new(),
             flush_at: None,
             next_ae,
@@ -268,12 +274,42 @@ impl Plumtree {
         t
     }
 
-    /// A new active neighbour starts eager.
+    /// Hands the tree to an outside builder (the rooted tree): from now on the eager set is
+    /// whatever [`Plumtree::set_tree`] says, and duplicates, grafts and `Prune`s no longer
+    /// change it. Graft and pull repair and lazy announcements work as before.
+    pub fn set_managed(&mut self) {
+        self.managed = true;
+        self.lazy.append(&mut self.eager);
+        self.version += 1;
+    }
+
+    /// Managed mode: the active neighbours in `tree` become eager, every other active
+    /// neighbour lazy. Nodes that are not active neighbours are ignored.
+    pub fn set_tree(&mut self, tree: &[NodeId]) {
+        let mut old = self.eager.clone();
+        old.sort();
+        let mut all: Vec<NodeId> = self.eager.drain(..).chain(self.lazy.drain(..)).collect();
+        all.sort();
+        all.dedup();
+        let (eager, lazy): (Vec<NodeId>, Vec<NodeId>) =
+            all.into_iter().partition(|p| tree.contains(p));
+        if old != eager {
+            self.version += 1;
+        }
+        self.eager = eager;
+        self.lazy = lazy;
+    }
+
+    /// A new active neighbour starts eager (lazy in managed mode, until the tree says).
     pub fn neighbor_up(&mut self, p: NodeId) {
         self.pruned_in.remove(&p);
         if !self.eager.contains(&p) && !self.lazy.contains(&p) {
-            self.eager.push(p);
-            self.version += 1;
+            if self.managed {
+                self.lazy.push(p);
+            } else {
+                self.eager.push(p);
+                self.version += 1;
+            }
         }
     }
 
@@ -425,8 +461,12 @@ impl Plumtree {
         let pulled = self.pulled.get(&id) == Some(&from) && self.pulled.remove(&id).is_some();
         if let Some(s) = self.store.get(&id) {
             self.stats.duplicates += 1;
+            if self.managed {
+                return None;
+            }
             // duplicates caused by a flood zone or a pull say nothing about tree cycles
-            let in_flood = from_flood || s.round <= self.cfg.flood_rounds || self.is_flood(s.round);
+            let in_flood =
+                from_flood || self.is_flood(s.round.saturating_sub(1)) || self.is_flood(s.round);
             // Only an eager link is pruned. (The paper prunes on any duplicate, but a copy
             // on a lazy link is usually the far side of a graft that has not arrived yet;
             // pruning it would undo the repair.)
@@ -460,7 +500,7 @@ impl Plumtree {
         }
         self.dup_streak.remove(&from);
         let round = round.saturating_add(1);
-        if from_active && !from_flood && !pulled && !self.cfg.directional_prune {
+        if from_active && !from_flood && !pulled && !self.cfg.directional_prune && !self.managed {
             self.make_eager(from);
         }
         self.push(now, id, round, &payload, Some(from), out);
@@ -488,6 +528,7 @@ impl Plumtree {
                 let t = self.cfg.optimize_threshold;
                 let mut switch_from = None;
                 if t > 0
+                    && !self.managed
                     && from_active
                     && let Some(parent) = s.parent
                     && parent != from
@@ -527,7 +568,7 @@ impl Plumtree {
 
     /// A `Graft` from `from`: make the link eager and send what we have.
     pub fn on_graft(&mut self, from: NodeId, from_active: bool, ids: &[MsgId], out: &mut Outbox) {
-        if from_active {
+        if from_active && !self.managed {
             self.make_eager(from);
         }
         self.send_payloads(from, ids, out);
@@ -535,7 +576,9 @@ impl Plumtree {
 
     /// A `Prune` from `from`: make the link lazy.
     pub fn on_prune(&mut self, from: NodeId) {
-        self.make_lazy(from);
+        if !self.managed {
+            self.make_lazy(from);
+        }
     }
 
     fn send_payloads(&mut self, to: NodeId, ids: &[MsgId], out: &mut Outbox) {
@@ -712,7 +755,9 @@ impl Plumtree {
                     m.grafted = true;
                     out.push_back((a, Message::Graft { ids: vec![id] }));
                     self.stats.grafts += 1;
-                    if self.cfg.directional_prune {
+                    if self.managed {
+                        // repair only: the tree is built elsewhere
+                    } else if self.cfg.directional_prune {
                         self.pruned_in.remove(&a);
                     } else {
                         self.make_eager(a);
@@ -775,6 +820,38 @@ mod tests {
         assert!(matches!(out.pop_front(), Some((to, Message::Prune)) if to == n(2)));
         assert_eq!(p.eager_peers(), &[n(1)]);
         assert_eq!(p.lazy_peers(), &[n(2)]);
+    }
+
+    #[test]
+    fn the_origin_pushes_to_every_active_peer_and_those_copies_never_prune() {
+        let mut p = Plumtree::new(GossipConfig::default(), Instant::ZERO);
+        let mut out = Outbox::new();
+        for i in 1..=3 {
+            p.neighbor_up(n(i));
+        }
+        p.on_prune(n(2));
+        p.on_prune(n(3));
+        assert_eq!(p.eager_peers(), &[n(1)]);
+        p.broadcast(Instant::ZERO, m(1), vec![7], &mut out);
+        let mut to: Vec<NodeId> = out
+            .iter()
+            .filter(|(_, m)| matches!(m, Message::Gossip { .. }))
+            .map(|(t, _)| *t)
+            .collect();
+        to.sort();
+        assert_eq!(to, vec![n(1), n(2), n(3)], "one copy per neighbour");
+        out.clear();
+        // a receiver one hop out: the copies from the origin's flood are not tree cycles
+        let mut q = Plumtree::new(GossipConfig::default(), Instant::ZERO);
+        q.neighbor_up(n(8));
+        q.neighbor_up(n(9));
+        q.on_gossip(Instant::ZERO, n(8), true, m(2), 0, vec![], &mut out);
+        q.on_gossip(Instant::ZERO, n(9), true, m(2), 1, vec![], &mut out);
+        assert!(out.iter().all(|(_, m)| !matches!(m, Message::Prune)));
+        // beyond the zone a duplicate prunes as usual
+        q.on_gossip(Instant::ZERO, n(8), true, m(3), 4, vec![], &mut out);
+        q.on_gossip(Instant::ZERO, n(9), true, m(3), 4, vec![], &mut out);
+        assert!(matches!(out.back(), Some((to, Message::Prune)) if *to == n(9)));
     }
 
     #[test]
@@ -857,6 +934,7 @@ mod tests {
     fn a_directional_prune_stops_only_the_senders_pushes_and_keeps_one_upstream() {
         let cfg = GossipConfig {
             directional_prune: true,
+            flood_rounds: 0,
             ..Default::default()
         };
         let mut p = Plumtree::new(cfg, Instant::ZERO);
@@ -894,6 +972,7 @@ mod tests {
     fn with_hysteresis_only_a_run_of_duplicates_prunes() {
         let cfg = GossipConfig {
             prune_after_duplicates: 3,
+            flood_rounds: 0,
             ..Default::default()
         };
         let mut p = Plumtree::new(cfg, Instant::ZERO);

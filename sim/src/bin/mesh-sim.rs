@@ -2,7 +2,7 @@
 //! [--broadcasts B] [--partition-ms MS]` prints the report table. Tuning flags for
 //! experiments: `--ihave-ms`, `--near-slots`, `--rebalance-ratio`, `--optimize`,
 //! `--deep-flood`, `--prune-after`, `--interval-ms`, `--directional-prune`, `--join-spacing-us`,
-//! `--latency-base-us`.
+//! `--latency-base-us`, `--tree plumtree|rooted` (default rooted), `--beacon-ms`.
 
 use std::time::Instant as WallClock;
 
@@ -58,13 +58,31 @@ fn main() {
     if let Some(r) = get("--optimize").and_then(|v| v.parse().ok()) {
         cfg.node.gossip.optimize_threshold = r;
     }
+    match get("--tree").as_deref() {
+        None | Some("rooted") => {}
+        Some("plumtree") => cfg.node.tree.enabled = false,
+        Some(other) => {
+            eprintln!("--tree must be rooted or plumtree, not {other}");
+            std::process::exit(2);
+        }
+    }
+    if let Some(r) = get("--beacon-ms").and_then(|v| v.parse().ok()) {
+        cfg.node.tree.beacon_interval = mesh_protocol::Duration::from_millis(r);
+        cfg.node.tree.root_timeout = mesh_protocol::Duration::from_millis(r * 5);
+        cfg.node.tree.settle = mesh_protocol::Duration::from_millis(r.div_ceil(4));
+    }
     println!(
-        "mesh-sim nodes={} seed={} loss={} churn={} partition={} (active {}, passive {}, members cap {})",
+        "mesh-sim nodes={} seed={} loss={} churn={} partition={} tree={} (active {}, passive {}, members cap {})",
         nodes,
         seed,
         cfg.loss,
         cfg.churn,
         cfg.partition,
+        if cfg.node.tree.enabled {
+            "rooted"
+        } else {
+            "plumtree"
+        },
         cfg.node.views.active_size,
         cfg.node.views.passive_size,
         cfg.node.member_capacity

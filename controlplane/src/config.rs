@@ -72,6 +72,20 @@ pub enum OverlayMode {
     Hyparview,
 }
 
+/// How the hyparview control plane builds the dissemination tree (the eager set the fast
+/// path forwards to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TreeMode {
+    /// One breadth-first tree rooted at the lowest live node id, kept by beacons; data never
+    /// reshapes it, so every origin's paths stay within twice the root's depth and bursts from
+    /// many origins cost one payload per node.
+    Rooted,
+    /// Plumtree's own tree: shaped by the first broadcast, pruned on duplicates, grafted on
+    /// misses (`prune_after_duplicates`, `directional_prune`).
+    Plumtree,
+}
+
 /// `[overlay]`: the membership and dissemination protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -95,6 +109,13 @@ pub struct OverlayConfig {
     /// arrived before pulling it from the announcer (graft); the next announcer is tried
     /// half as long later.
     pub ihave_timeout_ms: u64,
+    /// `rooted` or `plumtree` (see [`TreeMode`]).
+    pub tree: TreeMode,
+    /// Rooted tree: how often the root starts a new beacon wave (one small frame per active
+    /// link per wave).
+    pub beacon_interval_ms: u64,
+    /// Rooted tree: no new wave for this long and the root is presumed lost.
+    pub root_timeout_ms: u64,
     /// Plumtree: duplicates in a row an eager link must deliver (with no first copy in
     /// between) before it is pruned to lazy. 1 is the paper's rule.
     pub prune_after_duplicates: u8,
@@ -118,6 +139,9 @@ impl Default for OverlayConfig {
             suspicion_beta: 6,
             partition_window_ms: 600_000,
             ihave_timeout_ms: 100,
+            tree: TreeMode::Rooted,
+            beacon_interval_ms: 1000,
+            root_timeout_ms: 5000,
             prune_after_duplicates: 3,
             directional_prune: true,
             address_book_capacity: 65_536,
@@ -531,6 +555,16 @@ impl Config {
             (2..=60_000).contains(&o.ihave_timeout_ms),
             "overlay.ihave_timeout_ms",
             "must be 2..=60000",
+        )?;
+        check(
+            (50..=60_000).contains(&o.beacon_interval_ms),
+            "overlay.beacon_interval_ms",
+            "must be 50..=60000",
+        )?;
+        check(
+            o.root_timeout_ms >= 3 * o.beacon_interval_ms && o.root_timeout_ms <= 600_000,
+            "overlay.root_timeout_ms",
+            "must be at least 3 x beacon_interval_ms and at most 600000",
         )?;
         check(
             o.prune_after_duplicates >= 1,

@@ -123,6 +123,12 @@ pub struct Metrics {
     pub prunes: IntCounter,
     /// Plumtree grafts sent.
     pub grafts: IntCounter,
+    /// Rooted tree: parent changes.
+    pub tree_parent_changes: IntCounter,
+    /// Rooted tree: roots presumed lost.
+    pub tree_roots_lost: IntCounter,
+    /// Rooted tree: hops from the root.
+    pub tree_depth: IntGauge,
     /// Overlay frames by outcome.
     pub overlay_frames: IntCounterVec,
     xdp_packets: IntCounterVec,
@@ -346,6 +352,21 @@ impl Metrics {
             )?,
             prunes: counter(&r, "mesh.gossip.tree.prunes", "Plumtree prunes sent.")?,
             grafts: counter(&r, "mesh.gossip.tree.grafts", "Plumtree grafts sent.")?,
+            tree_parent_changes: counter(
+                &r,
+                "mesh.gossip.tree.parent_changes",
+                "Rooted tree: times this node's parent changed.",
+            )?,
+            tree_roots_lost: counter(
+                &r,
+                "mesh.gossip.tree.roots_lost",
+                "Rooted tree: times this node presumed its root lost.",
+            )?,
+            tree_depth: gauge(
+                &r,
+                "mesh.gossip.tree.depth",
+                "Rooted tree: this node's hops from the root.",
+            )?,
             overlay_frames: counter_vec(
                 &r,
                 "mesh.overlay.frames",

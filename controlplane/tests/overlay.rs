@@ -1,9 +1,9 @@
 //! Eight in-process nodes on the protocol cores (`overlay.mode = "hyparview"`)
 //! over mutual TLS on loopback: partial views form from one seed, every node
-//! admits every origin, every message reaches every node, Plumtree prunes the
-//! redundant links to lazy, a late joiner finds neighbours through a seed, a
-//! node with another CA's certificate never joins, and a clean leave is seen
-//! as `left`.
+//! admits every origin, every message reaches every node along one rooted
+//! spanning tree (or, with `tree = "plumtree"`, Plumtree prunes the redundant
+//! links to lazy), a late joiner finds neighbours through a seed, a node with
+//! another CA's certificate never joins, and a clean leave is seen as `left`.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use controlplane::config::{Config, OverlayMode};
+use controlplane::config::{Config, OverlayMode, TreeMode};
 use controlplane::node::{self, NodeHandle};
 use mesh_transport::MeshCa;
 use tokio::time::{Instant, sleep};
@@ -190,17 +190,37 @@ async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everyt
     }
     wait_delivered(&mut subs, &ids, Duration::from_secs(20)).await;
 
-    // Plumtree made redundant links lazy: fewer eager links than active ones,
-    // and prunes were sent.
-    let (mut eager, mut active, mut prunes) = (0, 0, 0);
+    // One rooted tree: everyone follows the same root, exactly one node is
+    // it, and the fast paths forward along a spanning tree (N - 1 links, each
+    // eager at both ends) although the active views hold more links.
+    wait_for("one spanning tree", Duration::from_secs(10), || async {
+        let (mut eager, mut roots, mut is_root) = (0, std::collections::HashSet::new(), 0);
+        for n in &nodes {
+            let o = overlay(n).await;
+            eager += o["eager"].as_u64().unwrap_or(0);
+            roots.insert(o["tree"]["root"].to_string());
+            is_root += u64::from(o["tree"]["is_root"] == true);
+        }
+        eager == 2 * (u64::from(N) - 1) && roots.len() == 1 && is_root == 1
+    })
+    .await;
+    let (mut eager, mut active, mut prunes, mut deepest) = (0, 0, 0, 0);
     for n in &nodes {
         let o = overlay(n).await;
         eager += o["eager"].as_u64().unwrap_or(0);
         active += o["active"].as_u64().unwrap_or(0);
-        prunes += metric(&n.metrics_text(), "mesh_gossip_tree_prunes_total");
+        let text = n.metrics_text();
+        prunes += metric(&text, "mesh_gossip_tree_prunes_total");
+        deepest = deepest.max(metric(&text, "mesh_gossip_tree_depth"));
+        assert_eq!(
+            o["tree"]["hops"].as_u64(),
+            Some(metric(&text, "mesh_gossip_tree_depth")),
+            "{o}"
+        );
     }
-    assert!(prunes > 0, "no prune sent");
     assert!(eager < active, "eager {eager} of {active} active links");
+    assert_eq!(prunes, 0, "the rooted tree is not pruned by duplicates");
+    assert!(deepest >= 1, "a tree of {N} nodes has depth");
 
     // A clean leave is seen as `left` (not a failure).
     let leaver = nodes.pop().expect("eight nodes");
@@ -262,6 +282,65 @@ async fn repairs_over_mutual_tls_admit_origins_not_yet_known() {
     }
     let took = wait_delivered(&mut subs, &ids, Duration::from_secs(8)).await;
     eprintln!("delivered everywhere after {} ms", took.as_millis());
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// With `tree = "plumtree"` the paper's rules shape the tree: duplicates from
+/// three origins publishing at once prune redundant eager links to lazy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plumtree_mode_prunes_redundant_links_and_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate().unwrap();
+    let ca_pem = dir.path().join("ca.crt");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let mut nodes = Vec::new();
+    for i in 1..=6u8 {
+        let seeds = if i == 1 { vec![] } else { vec![addr(40 + 1)] };
+        let mut cfg = config(dir.path(), 40 + i, &ca, &ca_pem, seeds);
+        cfg.overlay.expected_size = 6;
+        cfg.overlay.tree = TreeMode::Plumtree;
+        nodes.push(node::start(cfg).await.unwrap());
+    }
+    wait_for(
+        "every node admits every origin",
+        Duration::from_secs(15),
+        || async {
+            for n in &nodes {
+                let o = overlay(n).await;
+                if o["admitted"].as_u64().unwrap_or(0) < 6 || o["active"].as_u64().unwrap_or(0) == 0
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let mut ids = std::collections::HashSet::new();
+    for k in 0..20 {
+        for p in [0usize, 2, 5] {
+            let r = nodes[p]
+                .publish("t", format!("m{k} from {p}").as_bytes())
+                .await
+                .unwrap();
+            ids.insert(r.id);
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    wait_delivered(&mut subs, &ids, Duration::from_secs(20)).await;
+    let (mut eager, mut active, mut prunes) = (0, 0, 0);
+    for n in &nodes {
+        let o = overlay(n).await;
+        assert_eq!(o["tree"], serde_json::Value::Null, "{o}");
+        eager += o["eager"].as_u64().unwrap_or(0);
+        active += o["active"].as_u64().unwrap_or(0);
+        prunes += metric(&n.metrics_text(), "mesh_gossip_tree_prunes_total");
+    }
+    assert!(prunes > 0, "no prune sent");
+    assert!(eager < active, "eager {eager} of {active} active links");
     for n in nodes {
         n.shutdown().await;
     }

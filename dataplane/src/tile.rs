@@ -36,8 +36,12 @@ use crate::xsk::{Backend, RxView, TxSink};
 /// Peers the tile forwards data messages to, published by the control plane.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ForwardSet {
-    /// Addresses of live peers.
+    /// Addresses of live peers: where a received data message is forwarded.
     pub peers: Vec<SocketAddr>,
+    /// Where a message this node publishes goes, if not `peers`: the rooted tree's origin
+    /// pushes to every active neighbour, so a new message does not hang on one datagram
+    /// while only its origin has it. Empty: `peers`.
+    pub origin: Vec<SocketAddr>,
 }
 
 /// Tile settings.
@@ -509,9 +513,13 @@ impl<B: Backend> Run<B> {
             while let Ok(Command::Publish(bytes)) = self.commands.try_recv() {
                 if let Ok(p) = Packet::parse(&bytes) {
                     pipeline.mark_seen(p.signature(), now_ns);
-                    let peers = self.forward.load();
-                    let k =
-                        choose_peers(&mut self.rng, &peers.peers, None, &mut fwd.dests[..fanout]);
+                    let set = self.forward.load();
+                    let peers = if set.origin.is_empty() {
+                        &set.peers
+                    } else {
+                        &set.origin
+                    };
+                    let k = choose_peers(&mut self.rng, peers, None, &mut fwd.dests[..fanout]);
                     let mut msgs = recycle_msgs(std::mem::take(&mut fwd.msgs));
                     msgs.extend(fwd.dests[..k].iter().map(|d| (*d, &bytes[..])));
                     let (_, tx) = self.backend.halves();
@@ -819,6 +827,82 @@ pub fn choose_peers<R: Rng>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn recv_from(s: &std::net::UdpSocket) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 2048];
+        s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    }
+
+    #[test]
+    fn a_local_publish_goes_to_the_origin_list_and_a_forward_to_the_peers() {
+        let listen = |_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            s
+        };
+        let socks: Vec<std::net::UdpSocket> = (0..3).map(listen).collect();
+        let addrs: Vec<SocketAddr> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
+        let forward = Arc::new(ArcSwap::from_pointee(ForwardSet {
+            peers: vec![addrs[0]],
+            origin: addrs.clone(),
+        }));
+        let cfg = TileConfig {
+            batch_size: 8,
+            fanout: MAX_FANOUT,
+            pipeline: PipelineConfig {
+                replay_window_us: 60_000_000,
+                max_clock_skew_us: 5_000_000,
+                dedup_capacity: 1024,
+                dedup_seed: 1,
+            },
+            idle_wait: Duration::from_millis(5),
+            core: None,
+            verify_pool: None,
+            admission: None,
+            report_duplicates: false,
+        };
+        let sock = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20, 1 << 20).unwrap();
+        let mut tile = spawn_udp_tile(
+            sock,
+            cfg,
+            forward.clone(),
+            Box::new(|_| handoff::SendOutcome::Sent),
+        )
+        .unwrap();
+        let publish = |seq: u64| {
+            let mut bytes = Vec::new();
+            wire::Unsigned {
+                kind: Kind::Data,
+                hop_limit: 8,
+                origin: [7; 32],
+                sequence: seq,
+                timestamp_us: wall_us(),
+                payload: b"x",
+            }
+            .write_unsigned(&mut bytes)
+            .unwrap();
+            wire::finish(&mut bytes, &[seq as u8; wire::SIGNATURE_LEN]);
+            bytes
+        };
+        // with an origin list: every address on it gets the message once
+        assert!(tile.command(Command::Publish(publish(1))));
+        for s in &socks {
+            let got = recv_from(s).expect("a copy for every origin-list peer");
+            assert_eq!(Packet::parse(&got).unwrap().sequence(), 1);
+        }
+        // without one: only the forward peers
+        forward.store(Arc::new(ForwardSet {
+            peers: vec![addrs[1]],
+            origin: Vec::new(),
+        }));
+        assert!(tile.command(Command::Publish(publish(2))));
+        let got = recv_from(&socks[1]).expect("the forward peer");
+        assert_eq!(Packet::parse(&got).unwrap().sequence(), 2);
+        assert!(recv_from(&socks[0]).is_none());
+        assert!(recv_from(&socks[2]).is_none());
+        tile.stop();
+    }
 
     #[test]
     fn forward_choice_never_includes_the_sender_and_never_repeats() {

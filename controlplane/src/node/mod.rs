@@ -33,7 +33,7 @@ use crate::peers::{Nanos, PeerConfig, PeerEvent, PeerTable};
 use crate::store::MessageStore;
 
 mod overlay;
-pub use overlay::OverlayStatus;
+pub use overlay::{OverlayStatus, TreeStatus};
 
 /// A data message delivered to local agents.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -1075,7 +1075,10 @@ impl Control {
         }
         self.forward_version = self.peers.version();
         let peers = self.peers.live().map(|p| p.addr).collect();
-        self.forward.store(Arc::new(ForwardSet { peers }));
+        self.forward.store(Arc::new(ForwardSet {
+            peers,
+            origin: Vec::new(),
+        }));
         if self.transport.is_some() {
             // Only ids that proved a CA-issued certificate are ever live.
             let mut set: std::collections::HashSet<[u8; 32]> =

@@ -75,6 +75,27 @@ pub struct OverlayStatus {
     pub admitted: usize,
     /// Known node addresses.
     pub address_book: usize,
+    /// The rooted dissemination tree (`None` with `tree = "plumtree"`).
+    pub tree: Option<TreeStatus>,
+}
+
+/// This node's place in the rooted tree.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TreeStatus {
+    /// The root's node id (hex): the lowest live id this node's side of the mesh knows.
+    pub root: String,
+    /// Whether this node is the root.
+    pub is_root: bool,
+    /// Hops from the root.
+    pub hops: u16,
+    /// The root's current beacon wave.
+    pub wave: u32,
+    /// Parent's node id (hex); `None` at the root or while re-attaching.
+    pub parent: Option<String>,
+    /// Neighbours that hang off this node.
+    pub children: usize,
+    /// Parent changes since start.
+    pub parent_changes: u64,
 }
 
 /// State of the overlay driver.
@@ -92,6 +113,8 @@ pub(super) struct OverlayState {
     /// Core counters at the last metrics refresh (the exported ones take the deltas).
     last: mesh_protocol::NodeStats,
     forward_version: u64,
+    /// The active view the forward set's origin list was built from.
+    forward_active: Vec<CoreId>,
     frame: Vec<u8>,
     /// Duplicate reports that arrived before their message (the verify pool hands the first
     /// copy on after its duplicates were screened): applied when it arrives.
@@ -114,6 +137,10 @@ pub(super) fn core_config(cfg: &Config) -> CoreConfig {
     c.gossip.prune_after_duplicates = o.prune_after_duplicates;
     c.gossip.directional_prune = o.directional_prune;
     c.gossip.graft_timeout = ms(o.ihave_timeout_ms.div_ceil(2));
+    c.tree.enabled = o.tree == crate::config::TreeMode::Rooted;
+    c.tree.beacon_interval = ms(o.beacon_interval_ms);
+    c.tree.root_timeout = ms(o.root_timeout_ms);
+    c.tree.settle = ms(o.beacon_interval_ms.div_ceil(4));
     c.gossip.retention = ms(cfg.gossip.retention_ms);
     c.gossip.max_store = cfg.gossip.max_stored_messages;
     c
@@ -147,6 +174,7 @@ impl OverlayState {
             dial_tx,
             last: Default::default(),
             forward_version: u64::MAX,
+            forward_active: Vec::new(),
             frame: Vec::with_capacity(2048),
             early_dups: std::collections::VecDeque::new(),
         }
@@ -468,15 +496,22 @@ impl Control {
             while let Some(ev) = o.core.poll_event() {
                 this.overlay_event(o, ev);
             }
-            if o.core.eager_version() != o.forward_version {
+            // The rooted tree's origin pushes to every active neighbour (the core's flood
+            // zone); Plumtree's own tree would prune on those duplicates, so it does not.
+            let cc = o.core.config();
+            let flood_origin = cc.tree.enabled && cc.gossip.flood_rounds > 0;
+            let active_moved = flood_origin && o.forward_active != o.core.active_view();
+            if o.core.eager_version() != o.forward_version || active_moved {
                 o.forward_version = o.core.eager_version();
-                let peers = o
-                    .core
-                    .eager_peers()
-                    .iter()
-                    .filter_map(|p| o.book.addr(p))
-                    .collect();
-                this.forward.store(Arc::new(ForwardSet { peers }));
+                let addrs = |ids: &[CoreId]| ids.iter().filter_map(|p| o.book.addr(p)).collect();
+                let peers = addrs(o.core.eager_peers());
+                let origin = if flood_origin {
+                    o.forward_active = o.core.active_view().to_vec();
+                    addrs(o.core.active_view())
+                } else {
+                    Vec::new()
+                };
+                this.forward.store(Arc::new(ForwardSet { peers, origin }));
             }
             if let Some(set) = o.admitted.take_snapshot() {
                 this.admitted.store(Arc::new(set));
@@ -668,6 +703,11 @@ impl Control {
         m.local_health.set(i64::from(c.status().lhm));
         m.prunes.inc_by(d(s.gossip.prunes, o.last.gossip.prunes));
         m.grafts.inc_by(d(s.gossip.grafts, o.last.gossip.grafts));
+        m.tree_parent_changes
+            .inc_by(d(s.tree.parent_changes, o.last.tree.parent_changes));
+        m.tree_roots_lost
+            .inc_by(d(s.tree.roots_lost, o.last.tree.roots_lost));
+        m.tree_depth.set(i64::from(c.tree().hops()));
         o.last = s;
     }
 
@@ -701,6 +741,18 @@ impl Control {
                 expected: st.expected,
                 admitted: o.admitted.len(),
                 address_book: o.book.len(),
+                tree: c.config().tree.enabled.then(|| {
+                    let t = c.tree();
+                    TreeStatus {
+                        root: hex::encode(t.root().0),
+                        is_root: t.is_root(),
+                        hops: t.hops(),
+                        wave: t.seq(),
+                        parent: t.parent().map(|p| hex::encode(p.0)),
+                        children: t.children().count(),
+                        parent_changes: t.stats().parent_changes,
+                    }
+                }),
             };
             (
                 status.active,

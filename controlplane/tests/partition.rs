@@ -180,7 +180,24 @@ fn scenario(mode: Mode) {
         || (0..NODES).all(|i| formed(&status(i), mode, NODES as u64 - 1)),
         &logs,
     );
+    // The rooted tree's root as each node in `nodes` sees it (one entry when
+    // they agree).
+    let roots = |nodes: &[usize]| {
+        nodes
+            .iter()
+            .map(|i| match status(*i)["overlay"]["tree"]["root"].as_str() {
+                Some(r) => r.to_owned(),
+                None => format!("no root at n{i}"),
+            })
+            .collect::<HashSet<String>>()
+    };
     if mode == Mode::Hyparview {
+        wait(
+            "one rooted tree",
+            Duration::from_secs(10),
+            || roots(&[0, 1, 2, 3, 4, 5]).len() == 1,
+            &logs,
+        );
         // Partial views: nobody's active view holds the whole mesh.
         let views: Vec<u64> = (0..NODES)
             .map(|i| status(i)["overlay"]["active"].as_u64().unwrap_or(0))
@@ -201,6 +218,19 @@ fn scenario(mode: Mode) {
         || (0..NODES).all(|i| status(i)["partitioned"] == true),
         &logs,
     );
+
+    if mode == Mode::Hyparview {
+        // The side without the root presumes it lost and elects its own.
+        wait(
+            "a root on each side",
+            Duration::from_secs(20),
+            || {
+                let (a, b) = (roots(&side_a), roots(&side_b));
+                a.len() == 1 && b.len() == 1 && a != b
+            },
+            &logs,
+        );
+    }
 
     // Both sides keep serving their agents: publish on each side.
     let subs: Vec<std::process::Child> = nss.iter().map(|ns| collect(ns, "t", 10)).collect();
@@ -267,6 +297,15 @@ fn scenario(mode: Mode) {
         },
         &logs,
     );
+
+    if mode == Mode::Hyparview {
+        wait(
+            "one rooted tree again",
+            Duration::from_secs(15),
+            || roots(&[0, 1, 2, 3, 4, 5]).len() == 1,
+            &logs,
+        );
+    }
 
     // Crash n5: the others detect it and drop it from their live peers.
     let crashed = daemons[5].take().expect("n5 running");

@@ -6,8 +6,10 @@
 //!
 //! A second test runs four nodes on XDP with the protocol cores
 //! (`overlay.mode = "hyparview"`, mutual TLS on port + 1, which XDP passes to
-//! the kernel): every message everywhere, Plumtree prunes fed by the fast
-//! path's duplicate reports.
+//! the kernel) and `tree = "plumtree"`: every message everywhere, Plumtree
+//! prunes fed by the fast path's duplicate reports. (Four nodes make a full
+//! mesh, where the rooted tree's origin reaches everyone directly; the rooted
+//! tree runs end to end in `partition.rs` and `tests/overlay.rs`.)
 //!
 //! Needs root (CI runs as root); otherwise it says why and passes.
 
@@ -288,7 +290,8 @@ fn four_meshd_nodes_on_xdp_run_the_protocol_cores() {
         ns.ip(&["link", "set", "n0", "up"]);
         sw.ip(&["link", "set", &port, "master", "br0"]);
         sw.ip(&["link", "set", &port, "up"]);
-        let extra = common::hyparview_sections(dir.path(), names[i], &ca, &ca_pem, 4);
+        let extra = common::hyparview_sections(dir.path(), names[i], &ca, &ca_pem, 4)
+            + "tree = \"plumtree\"\n";
         let seeds: &[&str] = if i == 0 { &[] } else { &["10.88.0.1"] };
         let cfg = write_config(dir.path(), names[i], &ip, seeds, &extra);
         let log = File::create(dir.path().join(format!("{}.log", names[i]))).unwrap();

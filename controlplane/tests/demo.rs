@@ -23,6 +23,8 @@ fn demo_mesh_delivers_everything_and_rejects_the_misbehaving_node() {
     // The default control plane is the protocol cores, with partial views.
     assert!(stdout.contains("control plane: hyparview"), "{stdout}");
     assert!(stdout.contains("overlay views per node"), "{stdout}");
+    // One rooted tree spans the eight nodes.
+    assert!(stdout.contains("dissemination tree: 1 root(s)"), "{stdout}");
     // Eight node rows, each 30/30.
     assert_eq!(stdout.matches("30/30").count(), 8, "{stdout}");
 }

@@ -50,8 +50,8 @@ struct Args {
     /// datagrams instead of QUIC + mTLS).
     #[arg(long)]
     no_tls: bool,
-    /// Control plane: `hyparview` (the protocol cores: SWIM, HyParView,
-    /// Plumtree; needs mutual TLS) or `full` (every node tracks every peer).
+    /// Control plane: `hyparview` (the protocol cores: SWIM, HyParView, the
+    /// rooted tree with Plumtree repair; needs mutual TLS) or `full` (every node tracks every peer).
     /// With `--no-tls` it is always `full`.
     #[arg(long, default_value = "hyparview", value_parser = ["hyparview", "full"])]
     overlay: String,
@@ -222,7 +222,7 @@ fn run(
     println!(
         "control plane: {}",
         if args.hyparview() {
-            "hyparview (SWIM + HyParView partial views + Plumtree; the fast path forwards to the eager set)"
+            "hyparview (SWIM + HyParView partial views + a rooted dissemination tree with Plumtree repair; the fast path forwards along the tree)"
         } else {
             "full (every node tracks every peer, random fanout)"
         }
@@ -256,7 +256,8 @@ fn run(
     }
 
     // Wait for the mesh to form: every node sees every other node (full), or
-    // has a neighbour and admits every origin (hyparview: partial views).
+    // has a neighbour, admits every origin and follows the same tree root
+    // (hyparview: partial views).
     let t0 = Instant::now();
     let want = args.nodes - 1;
     let formed = |s: &serde_json::Value| {
@@ -269,6 +270,7 @@ fn run(
     };
     loop {
         let mut ready = 0;
+        let mut roots = std::collections::BTreeSet::new();
         for n in nodes.iter_mut() {
             if let Ok(Some(st)) = n.child.try_wait() {
                 bail!(
@@ -281,9 +283,10 @@ fn run(
                 && formed(&s)
             {
                 ready += 1;
+                roots.insert(s["overlay"]["tree"]["root"].to_string());
             }
         }
-        if ready == nodes.len() {
+        if ready == nodes.len() && roots.len() <= 1 {
             break;
         }
         if t0.elapsed() > Duration::from_secs(30) {
@@ -521,6 +524,36 @@ fn run(
             nodes.len() - 1,
             views.join(" ")
         );
+        // The rooted tree: who the nodes follow, how deep, how many links.
+        let trees: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| status(n.api).unwrap_or_default()["overlay"]["tree"].clone())
+            .collect();
+        let roots: std::collections::BTreeSet<String> = trees
+            .iter()
+            .filter_map(|t| t["root"].as_str())
+            .map(|r| r.chars().take(8).collect())
+            .collect();
+        if !roots.is_empty() {
+            let depth = trees.iter().filter_map(|t| t["hops"].as_u64()).max();
+            let links = trees
+                .iter()
+                .filter_map(|t| t["children"].as_u64())
+                .sum::<u64>();
+            let changes = trees
+                .iter()
+                .filter_map(|t| t["parent_changes"].as_u64())
+                .sum::<u64>();
+            println!(
+                "dissemination tree: {} root(s) ({}), depth {}, {} tree links for {} nodes, {} parent changes since start",
+                roots.len(),
+                roots.into_iter().collect::<Vec<_>>().join(", "),
+                depth.unwrap_or(0),
+                links,
+                nodes.len(),
+                changes
+            );
+        }
     }
     println!(
         "duplicates dropped before verify: {}",

@@ -448,6 +448,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         pipeline_cfg,
         _otlp: otlp,
         transport,
+        frame_senders: std::sync::Mutex::new(HashMap::new()),
         connecting: std::collections::HashSet::new(),
         connected_tx,
         admitted,
@@ -539,6 +540,10 @@ struct Control {
     _xdp: Option<crate::xdp_backend::Running>,
     /// Mutual-TLS QUIC endpoint for control traffic (when `[tls]` is on).
     transport: Option<Arc<mesh_transport::Transport>>,
+    /// Protocol-core frames per peer, in order: one writer task per peer drains its queue
+    /// onto the peer's ordered stream (a task per send could reorder frames, and the cores'
+    /// state messages, such as tree beacons, must not arrive older-after-newer).
+    frame_senders: std::sync::Mutex<HashMap<mesh_protocol::NodeId, mpsc::Sender<Vec<u8>>>>,
     /// QUIC addresses being dialled.
     connecting: std::collections::HashSet<SocketAddr>,
     connected_tx: mpsc::Sender<SocketAddr>,

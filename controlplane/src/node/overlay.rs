@@ -98,6 +98,25 @@ pub struct TreeStatus {
     pub parent_changes: u64,
 }
 
+/// Frames queued per peer before the oldest are refused (counted `unsent`).
+const FRAME_QUEUE: usize = 1024;
+
+/// Starts the task that writes `to`'s frames in order; it ends at the first send error
+/// (the connection is gone) and the next frame starts a new one.
+fn spawn_frame_writer(tr: Arc<mesh_transport::Transport>, to: CoreId) -> mpsc::Sender<Vec<u8>> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(FRAME_QUEUE);
+    let peer = mesh_transport::NodeId(to.0);
+    tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if let Err(e) = tr.send(&peer, &f).await {
+                tracing::debug!(%peer, error = %e, "overlay frame not sent");
+                return;
+            }
+        }
+    });
+    tx
+}
+
 /// State of the overlay driver.
 pub(super) struct OverlayState {
     core: Core<SmallRng>,
@@ -307,16 +326,37 @@ impl Control {
         if frames.is_empty() {
             return;
         }
-        self.count_frames("sent", frames.len());
-        let peer = mesh_transport::NodeId(to.0);
-        tokio::spawn(async move {
-            for f in frames {
-                if let Err(e) = tr.send(&peer, &f).await {
-                    tracing::debug!(%peer, error = %e, "overlay frame not sent");
-                    break;
+        let Ok(mut senders) = self.frame_senders.lock() else {
+            self.count_frames("unsent", frames.len());
+            return;
+        };
+        let (mut sent, mut unsent) = (0, 0);
+        for f in frames {
+            let q = senders
+                .entry(to)
+                .or_insert_with(|| spawn_frame_writer(tr.clone(), to));
+            let f = match q.try_send(f) {
+                Ok(()) => {
+                    sent += 1;
+                    continue;
                 }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    unsent += 1;
+                    continue;
+                }
+                // the writer stopped after a send error: start a new one
+                Err(mpsc::error::TrySendError::Closed(f)) => f,
+            };
+            let q = spawn_frame_writer(tr.clone(), to);
+            match q.try_send(f) {
+                Ok(()) => sent += 1,
+                Err(_) => unsent += 1,
             }
-        });
+            senders.insert(to, q);
+        }
+        drop(senders);
+        self.count_frames("sent", sent);
+        self.count_frames("unsent", unsent);
     }
 
     /// A frame from an authenticated member (first byte `FRAME_OVERLAY`).

@@ -248,6 +248,7 @@ impl RootedTree {
             _ => now,
         };
         let was_child = slot.is_some_and(|a| a.child);
+        let first = slot.is_none();
         *slot = Some(Advert {
             root,
             seq,
@@ -257,6 +258,11 @@ impl RootedTree {
         });
         if was_child != child {
             self.version += 1;
+        }
+        // First word from this neighbour: our own beacon to it may have arrived before it
+        // counted us as a neighbour (and been dropped), so say where we are once more.
+        if first {
+            self.send_to(from, out);
         }
         // Most beacons of a wave change nothing here: a non-parent neighbour at our root and
         // wave (or older) offering no shorter path, while we are attached.
@@ -807,6 +813,25 @@ mod tests {
         assert!(t.is_root(), "hop count out of range");
         t.on_beacon(now, id(2), (id(1), 1, 3, false), &mut out);
         assert_eq!((t.root(), t.hops(), t.parent()), (id(1), 4, Some(id(2))));
+    }
+
+    #[test]
+    fn the_first_beacon_from_a_neighbour_is_answered_once() {
+        // our beacon on neighbor_up may have reached it before it counted us as a neighbour
+        let now = Instant::ZERO;
+        let mut t = RootedTree::new(TreeConfig::default(), id(1), now);
+        let mut out = Outbox::new();
+        t.neighbor_up(id(2), &mut out);
+        assert_eq!(out.len(), 1);
+        out.clear();
+        t.on_beacon(now, id(2), (id(2), 3, 0, true), &mut out);
+        assert!(
+            matches!(out.pop_front(), Some((to, Message::Beacon { root, .. })) if to == id(2) && root == id(1))
+        );
+        assert!(out.is_empty());
+        assert_eq!(t.children().collect::<Vec<_>>(), vec![id(2)]);
+        t.on_beacon(now, id(2), (id(1), 0, 1, true), &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]

@@ -851,3 +851,47 @@ fn member_counts(c: &Core<SmallRng>) -> [usize; 4] {
     }
     counts
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_transport::{MeshCa, Transport, TransportConfig, node_id_from_seed};
+    use std::time::Duration;
+
+    fn member(ca: &MeshCa, n: u8) -> Transport {
+        let seed = [n; 32];
+        let cert = ca
+            .issue(node_id_from_seed(&seed).0, Duration::from_secs(600))
+            .expect("issue");
+        Transport::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            seed,
+            cert,
+            ca.cert_der().clone(),
+            TransportConfig::default(),
+        )
+        .expect("bind")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peers_frame_writer_delivers_in_queue_order() {
+        let ca = MeshCa::generate().expect("ca");
+        let (a, b) = (Arc::new(member(&ca, 1)), member(&ca, 2));
+        let b_id = b.node_id();
+        a.connect(b.local_addr().expect("addr"), Some(b_id))
+            .await
+            .expect("connect");
+        let q = spawn_frame_writer(a.clone(), CoreId(b_id.0));
+        for i in 0..500u32 {
+            q.try_send(i.to_le_bytes().to_vec())
+                .expect("queue has room");
+        }
+        for i in 0..500u32 {
+            let (_, _, f) = tokio::time::timeout(Duration::from_secs(10), b.recv())
+                .await
+                .expect("in time")
+                .expect("frame");
+            assert_eq!(f[..], i.to_le_bytes(), "frame {i} out of order");
+        }
+    }
+}

@@ -57,7 +57,7 @@ pub struct TreeConfig {
     /// Use the rooted tree as the eager set (`true`), or let Plumtree shape its own tree from
     /// duplicates and grafts (`false`). Default `true`.
     pub enabled: bool,
-    /// How often a root starts a new wave. Each wave costs one `Beacon` (44 bytes) per active
+    /// How often a root starts a new wave. Each wave costs one `Beacon` (40 bytes) per active
     /// link. Default 1 s.
     pub beacon_interval: Duration,
     /// No new wave for this long and the root is presumed lost. Default 5 s.
@@ -291,8 +291,11 @@ impl RootedTree {
 
     /// Timer work: new waves at a root, root loss, settle expiry.
     pub fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        // timers are shared with the rest of the node: re-evaluate only when one of ours is due
+        let mut due = self.settle_at.is_some_and(|t| t <= now);
         while self.lost.front().is_some_and(|(_, _, t)| *t <= now) {
             self.lost.pop_front();
+            due = true;
         }
         if self.is_root() {
             if self.next_wave <= now {
@@ -319,8 +322,11 @@ impl RootedTree {
             self.next_wave = now + self.cfg.beacon_interval;
             self.settle_at = None;
             self.advertise(out);
+            due = true;
         }
-        self.reselect(now, out);
+        if due {
+            self.reselect(now, out);
+        }
     }
 
     fn is_lost(&self, root: &NodeId, seq: u32) -> bool {

@@ -82,6 +82,24 @@ async fn wait_delivered(
     t0.elapsed()
 }
 
+/// Each publisher sends 20 messages, 5 ms apart (in flight at once);
+/// waits until every node got all of them.
+async fn publish_everywhere(nodes: &[NodeHandle], publishers: &[usize]) {
+    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let mut ids = std::collections::HashSet::new();
+    for k in 0..20 {
+        for p in publishers {
+            let r = nodes[*p]
+                .publish("t", format!("m{k} from {p}").as_bytes())
+                .await
+                .unwrap();
+            ids.insert(r.id);
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    wait_delivered(&mut subs, &ids, Duration::from_secs(20)).await;
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .filter(|l| l.starts_with(name))
@@ -176,19 +194,7 @@ async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everyt
     }
 
     // Publish from three nodes; every node gets every message.
-    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
-    let mut ids = std::collections::HashSet::new();
-    for k in 0..20 {
-        for p in [0usize, 3, 7] {
-            let r = nodes[p]
-                .publish("t", format!("m{k} from {p}").as_bytes())
-                .await
-                .unwrap();
-            ids.insert(r.id);
-        }
-        sleep(Duration::from_millis(5)).await;
-    }
-    wait_delivered(&mut subs, &ids, Duration::from_secs(20)).await;
+    publish_everywhere(&nodes, &[0usize, 3, 7]).await;
 
     // One rooted tree: everyone follows the same root, exactly one node is
     // it, and the fast paths forward along a spanning tree (N - 1 links, each
@@ -318,19 +324,7 @@ async fn plumtree_mode_prunes_redundant_links_and_delivers_everything() {
         },
     )
     .await;
-    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
-    let mut ids = std::collections::HashSet::new();
-    for k in 0..20 {
-        for p in [0usize, 2, 5] {
-            let r = nodes[p]
-                .publish("t", format!("m{k} from {p}").as_bytes())
-                .await
-                .unwrap();
-            ids.insert(r.id);
-        }
-        sleep(Duration::from_millis(5)).await;
-    }
-    wait_delivered(&mut subs, &ids, Duration::from_secs(20)).await;
+    publish_everywhere(&nodes, &[0usize, 2, 5]).await;
     let (mut eager, mut active, mut prunes) = (0, 0, 0);
     for n in &nodes {
         let o = overlay(n).await;

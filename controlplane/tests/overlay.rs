@@ -82,6 +82,23 @@ async fn wait_delivered(
     t0.elapsed()
 }
 
+/// Six members of one CA at `127.0.6.(base+1..=base+6)`, joining through the
+/// first; `tune` adjusts each config. The directory holds their keys.
+async fn six_nodes(base: u8, tune: impl Fn(&mut Config)) -> (tempfile::TempDir, Vec<NodeHandle>) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate().unwrap();
+    let ca_pem = dir.path().join("ca.crt");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let mut nodes = Vec::new();
+    for i in 1..=6u8 {
+        let seeds = if i == 1 { vec![] } else { vec![addr(base + 1)] };
+        let mut cfg = config(dir.path(), base + i, &ca, &ca_pem, seeds);
+        tune(&mut cfg);
+        nodes.push(node::start(cfg).await.unwrap());
+    }
+    (dir, nodes)
+}
+
 /// Each publisher sends 20 messages, 5 ms apart (in flight at once);
 /// waits until every node got all of them.
 async fn publish_everywhere(nodes: &[NodeHandle], publishers: &[usize]) {
@@ -252,17 +269,7 @@ async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everyt
 /// still reach every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repairs_over_mutual_tls_admit_origins_not_yet_known() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate().unwrap();
-    let ca_pem = dir.path().join("ca.crt");
-    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
-    let mut nodes = Vec::new();
-    for i in 1..=6u8 {
-        let seeds = if i == 1 { vec![] } else { vec![addr(20 + 1)] };
-        let mut cfg = config(dir.path(), 20 + i, &ca, &ca_pem, seeds);
-        cfg.overlay.expected_size = 100_000; // no join announcements
-        nodes.push(node::start(cfg).await.unwrap());
-    }
+    let (_dir, nodes) = six_nodes(20, |c| c.overlay.expected_size = 100_000).await; // no join announcements
     wait_for(
         "every node has a neighbour",
         Duration::from_secs(10),
@@ -297,18 +304,11 @@ async fn repairs_over_mutual_tls_admit_origins_not_yet_known() {
 /// three origins publishing at once prune redundant eager links to lazy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plumtree_mode_prunes_redundant_links_and_delivers_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate().unwrap();
-    let ca_pem = dir.path().join("ca.crt");
-    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
-    let mut nodes = Vec::new();
-    for i in 1..=6u8 {
-        let seeds = if i == 1 { vec![] } else { vec![addr(40 + 1)] };
-        let mut cfg = config(dir.path(), 40 + i, &ca, &ca_pem, seeds);
-        cfg.overlay.expected_size = 6;
-        cfg.overlay.tree = TreeMode::Plumtree;
-        nodes.push(node::start(cfg).await.unwrap());
-    }
+    let (_dir, nodes) = six_nodes(40, |c| {
+        c.overlay.expected_size = 6;
+        c.overlay.tree = TreeMode::Plumtree;
+    })
+    .await;
     wait_for(
         "every node admits every origin",
         Duration::from_secs(15),

@@ -269,7 +269,8 @@ async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everyt
 /// still reach every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repairs_over_mutual_tls_admit_origins_not_yet_known() {
-    let (_dir, nodes) = six_nodes(20, |c| c.overlay.expected_size = 100_000).await; // no join announcements
+    // above 224 expected members: no join announcements
+    let (_dir, nodes) = six_nodes(20, |c| c.overlay.expected_size = 100_000).await;
     wait_for(
         "every node has a neighbour",
         Duration::from_secs(10),

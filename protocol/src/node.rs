@@ -199,7 +199,8 @@ pub struct Node<R: RngCore> {
     swim: Swim,
     views: Views,
     gossip: Plumtree,
-    tree: RootedTree,
+    /// The rooted tree, when [`TreeConfig::enabled`] (it then sets the eager set).
+    tree: Option<RootedTree>,
     last_tree_version: u64,
     detector: PartitionDetector,
     seeds: Vec<NodeId>,
@@ -230,10 +231,10 @@ impl<R: RngCore> Node<R> {
             now + jittered(cfg.gossip.anti_entropy_interval, 50, &mut rng)
                 - cfg.gossip.anti_entropy_interval,
         );
-        if cfg.tree.enabled {
+        let tree = cfg.tree.enabled.then(|| {
             gossip.set_managed();
-        }
-        let tree = RootedTree::new(cfg.tree.clone(), me, now);
+            RootedTree::new(cfg.tree.clone(), me, now)
+        });
         Node {
             members: MemberTable::new(cfg.member_capacity, rng.next_u64()),
             detector: PartitionDetector::new(cfg.partition.clone()),
@@ -281,10 +282,10 @@ impl<R: RngCore> Node<R> {
         self.gossip.eager_version()
     }
 
-    /// The rooted tree (root, hops, parent, children); meaningful when
+    /// The rooted tree (root, hops, parent, children); `None` unless
     /// [`TreeConfig::enabled`].
-    pub fn tree(&self) -> &RootedTree {
-        &self.tree
+    pub fn tree(&self) -> Option<&RootedTree> {
+        self.tree.as_ref()
     }
 
     /// Active neighbours that get only lazy `IHave` announcements.
@@ -342,7 +343,11 @@ impl<R: RngCore> Node<R> {
         NodeStats {
             swim: self.swim.stats(),
             gossip: self.gossip.stats(),
-            tree: self.tree.stats(),
+            tree: self
+                .tree
+                .as_ref()
+                .map(RootedTree::stats)
+                .unwrap_or_default(),
             received: self.received,
             decode_errors: self.decode_errors,
         }
@@ -386,11 +391,7 @@ impl<R: RngCore> Node<R> {
             .poll_timeout()
             .min(self.views.poll_timeout())
             .min(self.gossip.poll_timeout());
-        let t = if self.cfg.tree.enabled {
-            t.min(self.tree.poll_timeout())
-        } else {
-            t
-        };
+        let t = self.tree.as_ref().map_or(t, |tr| t.min(tr.poll_timeout()));
         Some(t.min(self.next_heal).min(self.next_rebalance))
     }
 
@@ -540,9 +541,10 @@ impl<R: RngCore> Node<R> {
                 hops,
                 child,
             } => {
-                if self.cfg.tree.enabled && self.views.is_active(&from) {
-                    self.tree
-                        .on_beacon(now, from, (root, seq, hops, child), &mut out);
+                if let Some(tree) = &mut self.tree
+                    && self.views.is_active(&from)
+                {
+                    tree.on_beacon(now, from, (root, seq, hops, child), &mut out);
                 }
             }
             Message::Nack { seq } => {
@@ -702,8 +704,8 @@ impl<R: RngCore> Node<R> {
             self.fill(now, &mut out);
         }
         self.gossip.on_timeout(now, &mut out);
-        if self.cfg.tree.enabled {
-            self.tree.on_timeout(now, &mut out);
+        if let Some(tree) = &mut self.tree {
+            tree.on_timeout(now, &mut out);
         }
         if self.gossip.anti_entropy_due(now, &mut self.rng) && !self.views.active().is_empty() {
             let a = self.views.active();
@@ -864,8 +866,6 @@ impl<R: RngCore> Node<R> {
         }
     }
 
-    /// Lifeguard confirmation: our own probe of an already-suspected member failed too.
-    ///
     /// Lifeguard confirmation of the suspicion about `node` at `incarnation` by `by` (this
     /// node's own failed probe, or another member's accusation): each distinct confirmer
     /// shortens the timeout, down to the minimum at `suspicion_confirmations`. Returns whether
@@ -1209,7 +1209,11 @@ impl<R: RngCore> Node<R> {
         ) {
             // a tree link carries payloads: dropping it detaches a whole subtree until the
             // next wave, so rebalancing only swaps out lazy links
-            if self.cfg.tree.enabled && self.tree.tree_neighbors().contains(&drop) {
+            if self
+                .tree
+                .as_ref()
+                .is_some_and(|t| t.tree_neighbors().contains(&drop))
+            {
                 return;
             }
             self.views
@@ -1225,15 +1229,15 @@ impl<R: RngCore> Node<R> {
                 ViewDelta::Up(p) => {
                     self.ensure_member(now, p);
                     self.gossip.neighbor_up(p);
-                    if self.cfg.tree.enabled {
-                        self.tree.neighbor_up(p, &mut self.out);
+                    if let Some(tree) = &mut self.tree {
+                        tree.neighbor_up(p, &mut self.out);
                     }
                     self.events.push_back(Event::NeighborUp(p));
                 }
                 ViewDelta::Down(p) => {
                     self.gossip.neighbor_down(&p);
-                    if self.cfg.tree.enabled {
-                        self.tree.neighbor_down(now, &p, &mut self.out);
+                    if let Some(tree) = &mut self.tree {
+                        tree.neighbor_down(now, &p, &mut self.out);
                     }
                     self.events.push_back(Event::NeighborDown(p));
                     refill = true;
@@ -1245,9 +1249,11 @@ impl<R: RngCore> Node<R> {
             self.fill(now, &mut out);
             self.out = out;
         }
-        if self.cfg.tree.enabled && self.tree.version() != self.last_tree_version {
-            self.last_tree_version = self.tree.version();
-            self.gossip.set_tree(&self.tree.tree_neighbors());
+        if let Some(tree) = &self.tree
+            && tree.version() != self.last_tree_version
+        {
+            self.last_tree_version = tree.version();
+            self.gossip.set_tree(&tree.tree_neighbors());
         }
         let v = self.gossip.eager_version();
         if v != self.last_eager_version {
@@ -1398,9 +1404,10 @@ mod tests {
         c.run(Duration::from_secs(15));
         // one tree: everyone follows node 0 (the lowest id) and the eager sets are its links
         for n in c.nodes.values() {
-            assert_eq!(n.tree().root(), id(0));
+            let tree = n.tree().expect("rooted tree on by default");
+            assert_eq!(tree.root(), id(0));
             let mut e = n.eager_peers().to_vec();
-            let mut t = n.tree().tree_neighbors();
+            let mut t = tree.tree_neighbors();
             e.sort();
             t.sort();
             assert_eq!(e, t);
@@ -1458,7 +1465,7 @@ mod tests {
                 child: false,
             },
         );
-        assert!(n.tree().is_root(), "beacons are ignored");
+        assert!(n.tree().is_none(), "no tree: beacons are ignored");
     }
 
     #[test]

@@ -942,9 +942,9 @@ impl Sim {
             if let Some(node) = &s.node {
                 let st = node.stats();
                 tree.parent_changes += st.tree.parent_changes;
-                if node.config().tree.enabled {
-                    roots.insert(node.tree().root());
-                    tree.max_depth = tree.max_depth.max(node.tree().hops());
+                if let Some(t) = node.tree() {
+                    roots.insert(t.root());
+                    tree.max_depth = tree.max_depth.max(t.hops());
                 }
                 probes += st.swim.probes;
                 suspicions += st.swim.suspicions_raised;

@@ -747,7 +747,9 @@ impl Control {
             .inc_by(d(s.tree.parent_changes, o.last.tree.parent_changes));
         m.tree_roots_lost
             .inc_by(d(s.tree.roots_lost, o.last.tree.roots_lost));
-        m.tree_depth.set(i64::from(c.tree().hops()));
+        if let Some(tree) = c.tree() {
+            m.tree_depth.set(i64::from(tree.hops()));
+        }
         o.last = s;
     }
 
@@ -781,17 +783,14 @@ impl Control {
                 expected: st.expected,
                 admitted: o.admitted.len(),
                 address_book: o.book.len(),
-                tree: c.config().tree.enabled.then(|| {
-                    let t = c.tree();
-                    TreeStatus {
-                        root: hex::encode(t.root().0),
-                        is_root: t.is_root(),
-                        hops: t.hops(),
-                        wave: t.seq(),
-                        parent: t.parent().map(|p| hex::encode(p.0)),
-                        children: t.children().count(),
-                        parent_changes: t.stats().parent_changes,
-                    }
+                tree: c.tree().map(|t| TreeStatus {
+                    root: hex::encode(t.root().0),
+                    is_root: t.is_root(),
+                    hops: t.hops(),
+                    wave: t.seq(),
+                    parent: t.parent().map(|p| hex::encode(p.0)),
+                    children: t.children().count(),
+                    parent_changes: t.stats().parent_changes,
                 }),
             };
             (

@@ -566,7 +566,7 @@ impl Plumtree {
         }
     }
 
-    /// A `Graft` from `from`: make the link eager and send what we have.
+    /// A `Graft` from `from`: send what we have and (unless managed) make the link eager.
     pub fn on_graft(&mut self, from: NodeId, from_active: bool, ids: &[MsgId], out: &mut Outbox) {
         if from_active && !self.managed {
             self.make_eager(from);
@@ -574,7 +574,7 @@ impl Plumtree {
         self.send_payloads(from, ids, out);
     }
 
-    /// A `Prune` from `from`: make the link lazy.
+    /// A `Prune` from `from`: make the link lazy (ignored when managed).
     pub fn on_prune(&mut self, from: NodeId) {
         if !self.managed {
             self.make_lazy(from);

@@ -112,7 +112,8 @@ pub struct RootedTree {
     seq: u32,
     hops: u16,
     parent: Option<NodeId>,
-    /// Highest wave this node started as a root (never reused in this process).
+    /// Highest wave this node started as a root, or heard of under its own id (never
+    /// reused in this process).
     own_seq: u32,
     /// When `seq` last advanced or the root changed.
     progress_at: Instant,
@@ -279,11 +280,9 @@ impl RootedTree {
         }
         // a restarted root: the mesh remembers a later wave of ours than we do
         if root == self.me && seq > self.own_seq {
-            self.own_seq = seq.saturating_add(1);
+            self.own_seq = seq;
             if self.is_root() {
-                self.seq = self.own_seq;
-                self.next_wave = now + self.cfg.beacon_interval;
-                self.advertise(out);
+                self.start_wave(now, out);
             }
         }
         self.reselect(now, out);
@@ -299,10 +298,7 @@ impl RootedTree {
         }
         if self.is_root() {
             if self.next_wave <= now {
-                self.own_seq = self.own_seq.saturating_add(1);
-                self.seq = self.own_seq;
-                self.next_wave = now + self.cfg.beacon_interval;
-                self.advertise(out);
+                self.start_wave(now, out);
             }
         } else if self.progress_at + self.cfg.root_timeout <= now {
             // no wave for too long: the root is gone from here
@@ -314,19 +310,25 @@ impl RootedTree {
             self.stats.roots_lost += 1;
             self.stats.root_changes += 1;
             self.root = self.me;
-            self.own_seq = self.own_seq.saturating_add(1);
-            self.seq = self.own_seq;
             self.hops = 0;
             self.set_parent(None);
             self.progress_at = now;
-            self.next_wave = now + self.cfg.beacon_interval;
             self.settle_at = None;
-            self.advertise(out);
+            self.start_wave(now, out);
             due = true;
         }
         if due {
             self.reselect(now, out);
         }
+    }
+
+    /// As a root: the next wave number (past any this process used), told to every
+    /// neighbour; the one after follows in `beacon_interval`.
+    fn start_wave(&mut self, now: Instant, out: &mut Outbox) {
+        self.own_seq = self.own_seq.saturating_add(1);
+        self.seq = self.own_seq;
+        self.next_wave = now + self.cfg.beacon_interval;
+        self.advertise(out);
     }
 
     fn is_lost(&self, root: &NodeId, seq: u32) -> bool {
@@ -404,6 +406,12 @@ impl RootedTree {
             }
             let root = self.root;
             let (seq, hops, attached) = (self.seq, self.hops, self.parent.is_some());
+            // the newest wave a neighbour brought (our root cannot change below)
+            let newest = self
+                .usable()
+                .filter(|(_, a)| a.root == root)
+                .map(|(_, a)| a.seq)
+                .max();
             // in this or a newer wave, a path strictly shorter (attached) or at most one hop
             // longer (detached): never through a descendant, whose hops exceed ours
             let better = self.best(self.usable().filter(|(p, a)| {
@@ -418,31 +426,19 @@ impl RootedTree {
             }));
             if let Some((p, a)) = better {
                 self.adopt(now, p, a);
-            } else {
-                let newest = self
-                    .usable()
-                    .filter(|(_, a)| a.root == root)
-                    .map(|(_, a)| a.seq)
-                    .max();
-                if newest.is_some_and(|n| n > self.seq) {
-                    let expired = self.settle_at.is_some_and(|t| t <= now);
-                    if !attached || expired {
-                        let cands = self
-                            .usable()
-                            .filter(|(_, a)| a.root == root && Some(a.seq) == newest);
-                        if let Some((p, a)) = self.best(cands) {
-                            self.adopt(now, p, a);
-                        }
-                    } else if self.settle_at.is_none() {
-                        self.settle_at = Some(now + self.cfg.settle);
+            } else if newest.is_some_and(|n| n > self.seq) {
+                let expired = self.settle_at.is_some_and(|t| t <= now);
+                if !attached || expired {
+                    let cands = self
+                        .usable()
+                        .filter(|(_, a)| a.root == root && Some(a.seq) == newest);
+                    if let Some((p, a)) = self.best(cands) {
+                        self.adopt(now, p, a);
                     }
+                } else if self.settle_at.is_none() {
+                    self.settle_at = Some(now + self.cfg.settle);
                 }
             }
-            let newest = self
-                .usable()
-                .filter(|(_, a)| a.root == self.root)
-                .map(|(_, a)| a.seq)
-                .max();
             if newest.is_none_or(|n| n <= self.seq) {
                 self.settle_at = None;
             }

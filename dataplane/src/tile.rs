@@ -555,16 +555,6 @@ impl<B: Backend> Run<B> {
                 if let Some(vs) = self.verify.as_mut() {
                     // Screen here, verify on the pool's cores.
                     pipeline.screen_batch(now_ns, wall, &views[..n], &mut accepted);
-                    if self.cfg.report_duplicates {
-                        report_duplicates(
-                            &pipeline,
-                            &views,
-                            |i| batch.from(i),
-                            &self.forward,
-                            &self.inbound,
-                            wall,
-                        );
-                    }
                     if !accepted.is_empty() {
                         submit(vs, &mut pipeline, &accepted, |i| batch.from(i), wall);
                     }
@@ -587,21 +577,22 @@ impl<B: Backend> Run<B> {
                             break;
                         }
                     }
-                    // After the batch's own first copies, so the control plane
-                    // knows a message before it hears of its duplicates.
-                    if self.cfg.report_duplicates {
-                        report_duplicates(
-                            &pipeline,
-                            &views,
-                            |i| batch.from(i),
-                            &self.forward,
-                            &self.inbound,
-                            wall,
-                        );
-                    }
                     let (sent, failed) = fwd.flush(tx_sink);
                     forwarded += sent;
                     tx_failed += failed;
+                }
+                // After the batch's own first copies (handed on inline, or submitted to
+                // the pool), so the control plane tends to know a message before it hears
+                // of its duplicates.
+                if self.cfg.report_duplicates {
+                    report_duplicates(
+                        &pipeline,
+                        &views,
+                        |i| batch.from(i),
+                        &self.forward,
+                        &self.inbound,
+                        wall,
+                    );
                 }
                 accepted_store = recycle(accepted);
                 self.publish(&pipeline, forwarded, tx_failed, batches);

@@ -61,9 +61,7 @@ pub fn encode_frame(hints: &[(NodeId, SocketAddr)], msg: &Message, out: &mut Vec
     for (id, addr) in &hints[..n] {
         encode_peer_entry(id.as_bytes(), *addr, out);
     }
-    let mut m = Vec::with_capacity(msg.encoded_len());
-    msg.encode(&mut m);
-    out.extend_from_slice(&m);
+    msg.encode(out);
 }
 
 /// Decodes an overlay frame. Never panics and allocates at most [`MAX_HINTS`] hints plus what

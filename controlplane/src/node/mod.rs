@@ -26,7 +26,7 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::config::{Backend, Config, OverlayMode};
+use crate::config::{Backend, Config, OverlayMode, TreeMode};
 use crate::control::{ControlMsg, MAX_IDS_PER_DIGEST};
 use crate::metrics::{KIND_NAMES, Metrics};
 use crate::peers::{Nanos, PeerConfig, PeerEvent, PeerTable};
@@ -201,8 +201,7 @@ impl Shared {
     }
 
     pub(crate) fn render_metrics(&self) -> String {
-        self.metrics.refresh(&self.tile_stats, self.xdp.as_ref());
-        self.metrics.refresh_verify(&self.verify_stats);
+        self.refresh_metrics();
         self.metrics.render()
     }
 }
@@ -351,8 +350,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         core: cfg.dataplane.rx_core,
         verify_pool: cfg.dataplane.verify_pool(),
         admission,
-        // Plumtree prunes on copies from eager peers.
-        report_duplicates: hyparview,
+        // Plumtree's own tree prunes on copies from eager peers; the rooted tree ignores
+        // them, so they are not handed over at all.
+        report_duplicates: hyparview && cfg.overlay.tree == TreeMode::Plumtree,
     };
     let mut tiles = Vec::new();
     let mut xdp = None;
@@ -637,25 +637,12 @@ impl Control {
         let now = self.now();
         if self.overlay.is_some() {
             self.overlay_timeout(now);
-            if now >= self.next_anti_entropy {
-                // The cores run their own anti-entropy; the store only expires here.
-                self.next_anti_entropy = now + self.cfg.gossip.anti_entropy_interval_ms * 1_000_000;
-                self.store.expire(now);
-                self.shared
-                    .metrics
-                    .store_messages
-                    .set(self.store.len() as i64);
-            }
+            // The cores run their own anti-entropy; the store only expires here.
+            self.store_tick(now);
             return;
         }
         self.peers.handle_timeout(now);
-        if now >= self.next_anti_entropy {
-            self.next_anti_entropy = now + self.cfg.gossip.anti_entropy_interval_ms * 1_000_000;
-            self.store.expire(now);
-            self.shared
-                .metrics
-                .store_messages
-                .set(self.store.len() as i64);
+        if self.store_tick(now) {
             if let Some(peer) = self.peers.random_live() {
                 let ids = self.store.newest_ids(self.cfg.gossip.anti_entropy_max_ids);
                 for chunk in ids.chunks(MAX_IDS_PER_DIGEST) {
@@ -665,6 +652,20 @@ impl Control {
             self.served
                 .retain(|_, (start, _)| now.saturating_sub(*start) < 10_000_000_000);
         }
+    }
+
+    /// Every anti-entropy interval: expires the store. Returns whether it was due.
+    fn store_tick(&mut self, now: Nanos) -> bool {
+        if now < self.next_anti_entropy {
+            return false;
+        }
+        self.next_anti_entropy = now + self.cfg.gossip.anti_entropy_interval_ms * 1_000_000;
+        self.store.expire(now);
+        self.shared
+            .metrics
+            .store_messages
+            .set(self.store.len() as i64);
+        true
     }
 
     fn handle_inbound(&mut self, m: Inbound) {

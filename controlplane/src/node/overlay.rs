@@ -4,13 +4,17 @@
 //! - Core messages travel as mutual-TLS frames ([`crate::overlay::encode_frame`]) with
 //!   address hints; a node not yet connected is dialled (expecting its id) and up to
 //!   [`MAX_QUEUED`] frames wait for the handshake.
-//! - Payloads never travel in frames: the fast path forwards each new data message to the
-//!   core's eager set ([`mesh_protocol::Node::eager_peers`], published through the tile's
-//!   arc-swapped `ForwardSet`), and a core `Gossip` (a graft or pull answer) is sent as the
-//!   stored signed datagram over UDP. A `Gossip` arriving in a frame is refused: it would let
-//!   a peer mark ids as seen without a signed message behind them.
-//! - Accepted data messages are fed to the core (from the sender's address), so it prunes,
-//!   announces lazily and runs push-pull anti-entropy.
+//! - Frames to one peer go out in order, through one writer task per peer.
+//! - Core payloads never travel in core frames: the fast path forwards each new data message
+//!   to the core's eager set ([`mesh_protocol::Node::eager_peers`], published through the
+//!   tile's arc-swapped `ForwardSet`; a local publish goes to the whole active view on the
+//!   rooted tree), and a core `Gossip` (a graft or pull answer) is sent as the stored signed
+//!   datagram, over mutual TLS when connected, else over UDP. A `Gossip` arriving in a core
+//!   frame is refused: it would let a peer mark ids as seen without a signed message behind
+//!   them.
+//! - Accepted data messages are fed to the core (from the sender's address), so it
+//!   announces them lazily, answers grafts and pulls, runs push-pull anti-entropy and, on
+//!   Plumtree's own tree, prunes.
 //! - Seeds are dialled by address until their id is known, then handed to the core, which
 //!   joins through the first and probes the rest while cut off.
 
@@ -98,8 +102,11 @@ pub struct TreeStatus {
     pub parent_changes: u64,
 }
 
-/// Frames queued per peer before the oldest are refused (counted `unsent`).
+/// Frames queued per peer; further ones are refused (counted `unsent`).
 const FRAME_QUEUE: usize = 1024;
+/// Peers with a writer task. Past this, idle writers are dropped (their tasks end), so
+/// the map does not grow with every node ever contacted.
+const MAX_WRITERS: usize = 4096;
 
 /// Starts the task that writes `to`'s frames in order; it ends at the first send error
 /// (the connection is gone) and the next frame starts a new one.
@@ -330,6 +337,9 @@ impl Control {
             self.count_frames("unsent", frames.len());
             return;
         };
+        if !senders.contains_key(&to) && senders.len() >= MAX_WRITERS {
+            senders.retain(|_, q| !q.is_closed() && q.capacity() < FRAME_QUEUE);
+        }
         let (mut sent, mut unsent) = (0, 0);
         for f in frames {
             let q = senders
@@ -401,8 +411,8 @@ impl Control {
         });
     }
 
-    /// A data message the fast path accepted (first time here): tell the core, so it prunes
-    /// the redundant links, announces it lazily and can answer grafts and pulls.
+    /// A data message the fast path accepted (first time here): tell the core, so it
+    /// announces it lazily and can answer grafts and pulls.
     pub(super) fn overlay_data(&mut self, p: &Packet<'_>, from: SocketAddr, local: bool) {
         let now = self.now();
         let hop_limit = self.cfg.gossip.hop_limit;

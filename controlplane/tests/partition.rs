@@ -14,11 +14,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Ns, collect, ctl, finish, sh, try_status};
+use common::{Daemon, Ns, collect, ctl, finish, plug, read_logs, try_status};
 
 const NODES: usize = 6;
 
@@ -58,19 +57,6 @@ anti_entropy_interval_ms = 100
     let path = dir.join(format!("n{i}.toml"));
     std::fs::write(&path, text).expect("write config");
     path
-}
-
-fn start(ns: &Ns, cfg: &Path, log: &Path) -> Daemon {
-    let log = File::options().create(true).append(true).open(log).unwrap();
-    Daemon(
-        ns.cmd(env!("CARGO_BIN_EXE_meshd"))
-            .arg("--config")
-            .arg(cfg)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start meshd"),
-    )
 }
 
 fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool, logs: &dyn Fn() -> String) {
@@ -139,39 +125,23 @@ fn scenario(mode: Mode) {
     sw.ip(&["link", "set", "tb", "up"]);
     let nss: Vec<Ns> = (0..NODES).map(|i| Ns::new(&format!("{tag}{i}"))).collect();
     for (i, ns) in nss.iter().enumerate() {
-        let port = format!("q{i}");
-        sh(&[
-            "ip", "link", "add", "n0", "netns", &ns.0, "type", "veth", "peer", "name", &port,
-            "netns", &sw.0,
-        ]);
-        ns.ip(&["addr", "add", &format!("10.90.0.{}/24", i + 1), "dev", "n0"]);
-        ns.ip(&["link", "set", "n0", "up"]);
-        sw.ip(&[
-            "link",
-            "set",
-            &port,
-            "master",
-            if i < 3 { "br0" } else { "br1" },
-        ]);
-        sw.ip(&["link", "set", &port, "up"]);
+        let bridge = if i < 3 { "br0" } else { "br1" };
+        plug(
+            &sw,
+            bridge,
+            ns,
+            &format!("q{i}"),
+            &format!("10.90.0.{}", i + 1),
+        );
     }
     let cfgs: Vec<PathBuf> = (0..NODES)
         .map(|i| write_config(dir.path(), i, ca.as_ref()))
         .collect();
     let log = |i: usize| dir.path().join(format!("n{i}.log"));
     let mut daemons: Vec<Option<Daemon>> = (0..NODES)
-        .map(|i| Some(start(&nss[i], &cfgs[i], &log(i))))
+        .map(|i| Some(Daemon::meshd(&nss[i], &cfgs[i], &log(i))))
         .collect();
-    let logs = || {
-        (0..NODES)
-            .map(|i| {
-                format!(
-                    "--- n{i}\n{}",
-                    std::fs::read_to_string(log(i)).unwrap_or_default()
-                )
-            })
-            .collect::<String>()
-    };
+    let logs = || read_logs((0..NODES).map(|i| (format!("n{i}"), log(i))));
     let status = |i: usize| try_status(&nss[i]).unwrap_or(serde_json::Value::Null);
 
     wait(
@@ -336,7 +306,7 @@ fn scenario(mode: Mode) {
     }
 
     // Restart with the same key: it rejoins and receives new messages.
-    daemons[5] = Some(start(&nss[5], &cfgs[5], &log(5)));
+    daemons[5] = Some(Daemon::meshd(&nss[5], &cfgs[5], &log(5)));
     wait(
         "the restarted node to rejoin",
         Duration::from_secs(15),

@@ -15,13 +15,12 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Ns, collect, ctl, finish, sh, try_status};
+use common::{Daemon, Ns, collect, ctl, finish, plug, read_logs, try_status};
 
 use dataplane::identity::Identity;
 use dataplane::tile::wall_us;
@@ -83,15 +82,13 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
     let names = ["a", "b", "c", "x"];
     let nss: Vec<Ns> = names.iter().map(|n| Ns::new(n)).collect();
     for (i, ns) in nss.iter().enumerate() {
-        let port = format!("p{i}");
-        sh(&[
-            "ip", "link", "add", "n0", "netns", &ns.0, "type", "veth", "peer", "name", &port,
-            "netns", &sw.0,
-        ]);
-        ns.ip(&["addr", "add", &format!("10.89.0.{}/24", i + 1), "dev", "n0"]);
-        ns.ip(&["link", "set", "n0", "up"]);
-        sw.ip(&["link", "set", &port, "master", "br0"]);
-        sw.ip(&["link", "set", &port, "up"]);
+        plug(
+            &sw,
+            "br0",
+            ns,
+            &format!("p{i}"),
+            &format!("10.89.0.{}", i + 1),
+        );
     }
     let (a, b, c, x) = (&nss[0], &nss[1], &nss[2], &nss[3]);
     let cfgs = [
@@ -99,31 +96,13 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
         write_config(dir.path(), "b", "10.89.0.2", &[], ""),
         write_config(dir.path(), "c", "10.89.0.3", &["10.89.0.2"], ""),
     ];
-    let mut daemons = Vec::new();
-    for (i, ns) in [a, b, c].iter().enumerate() {
-        let log = File::create(dir.path().join(format!("{}.log", names[i]))).unwrap();
-        let child = ns
-            .cmd(env!("CARGO_BIN_EXE_meshd"))
-            .arg("--config")
-            .arg(&cfgs[i])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start meshd");
-        daemons.push(Daemon(child));
-    }
-    let logs = || {
-        names[..3]
-            .iter()
-            .map(|n| {
-                format!(
-                    "--- {n}\n{}",
-                    std::fs::read_to_string(dir.path().join(format!("{n}.log")))
-                        .unwrap_or_default()
-                )
-            })
-            .collect::<String>()
-    };
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+    let daemons: Vec<Daemon> = [a, b, c]
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Daemon::meshd(ns, &cfgs[i], &log(names[i])))
+        .collect();
+    let logs = || read_logs(names[..3].iter().map(|n| (n.to_string(), log(n))));
 
     // Mesh forms on the XDP backend.
     let t0 = Instant::now();
@@ -278,45 +257,18 @@ fn four_meshd_nodes_on_xdp_run_the_protocol_cores() {
     sw.ip(&["link", "set", "br0", "up"]);
     let names = ["ha", "hb", "hc", "hd"];
     let nss: Vec<Ns> = names.iter().map(|n| Ns::new(n)).collect();
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
     let mut daemons = Vec::new();
     for (i, ns) in nss.iter().enumerate() {
-        let port = format!("q{i}");
-        sh(&[
-            "ip", "link", "add", "n0", "netns", &ns.0, "type", "veth", "peer", "name", &port,
-            "netns", &sw.0,
-        ]);
         let ip = format!("10.88.0.{}", i + 1);
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "n0"]);
-        ns.ip(&["link", "set", "n0", "up"]);
-        sw.ip(&["link", "set", &port, "master", "br0"]);
-        sw.ip(&["link", "set", &port, "up"]);
+        plug(&sw, "br0", ns, &format!("q{i}"), &ip);
         let extra = common::hyparview_sections(dir.path(), names[i], &ca, &ca_pem, 4)
             + "tree = \"plumtree\"\n";
         let seeds: &[&str] = if i == 0 { &[] } else { &["10.88.0.1"] };
         let cfg = write_config(dir.path(), names[i], &ip, seeds, &extra);
-        let log = File::create(dir.path().join(format!("{}.log", names[i]))).unwrap();
-        let child = ns
-            .cmd(env!("CARGO_BIN_EXE_meshd"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start meshd");
-        daemons.push(Daemon(child));
+        daemons.push(Daemon::meshd(ns, &cfg, &log(names[i])));
     }
-    let logs = || {
-        names
-            .iter()
-            .map(|n| {
-                format!(
-                    "--- {n}\n{}",
-                    std::fs::read_to_string(dir.path().join(format!("{n}.log")))
-                        .unwrap_or_default()
-                )
-            })
-            .collect::<String>()
-    };
+    let logs = || read_logs(names.iter().map(|n| (n.to_string(), log(n))));
     let t0 = Instant::now();
     loop {
         let sts: Vec<Option<serde_json::Value>> = nss.iter().map(try_status).collect();

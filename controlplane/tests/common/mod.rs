@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -78,6 +79,20 @@ impl Drop for Ns {
 pub struct Daemon(pub Child);
 
 impl Daemon {
+    /// Starts `meshd --config cfg` inside `ns`, appending its output to `log`.
+    pub fn meshd(ns: &Ns, cfg: &Path, log: &Path) -> Daemon {
+        let log = File::options().create(true).append(true).open(log).unwrap();
+        Daemon(
+            ns.cmd(env!("CARGO_BIN_EXE_meshd"))
+                .arg("--config")
+                .arg(cfg)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start meshd"),
+        )
+    }
+
     /// Kills the process at once (a crash: no goodbye to peers).
     pub fn crash(mut self) {
         let _ = self.0.kill();
@@ -101,6 +116,31 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The daemon logs `(name, path)`, each under a `--- name` line, for failure messages.
+pub fn read_logs(logs: impl IntoIterator<Item = (String, PathBuf)>) -> String {
+    logs.into_iter()
+        .map(|(name, path)| {
+            format!(
+                "--- {name}\n{}",
+                std::fs::read_to_string(path).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Plugs `ns` into `bridge` of the switch namespace `sw`: a veth `n0` in `ns` (address
+/// `ip`/24, up) whose peer `port` is a bridge port.
+pub fn plug(sw: &Ns, bridge: &str, ns: &Ns, port: &str, ip: &str) {
+    sh(&[
+        "ip", "link", "add", "n0", "netns", &ns.0, "type", "veth", "peer", "name", port, "netns",
+        &sw.0,
+    ]);
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "n0"]);
+    ns.ip(&["link", "set", "n0", "up"]);
+    sw.ip(&["link", "set", port, "master", bridge]);
+    sw.ip(&["link", "set", port, "up"]);
 }
 
 pub fn ctl(ns: &Ns, args: &[&str]) -> serde_json::Value {

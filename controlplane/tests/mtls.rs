@@ -32,18 +32,11 @@ fn member(
     tls: bool,
 ) -> Config {
     let seed = [i.wrapping_mul(37).wrapping_add(11); 32];
-    let (key, cert) = common::write_member(dir, &format!("n{i}"), seed, ca);
-    let mut c = Config::default();
-    c.node.key_file = key;
-    c.node.listen = addr(i);
-    c.node.api_listen = "127.0.0.1:0".parse().unwrap();
-    c.node.bootstrap = bootstrap;
+    let mut c = common::member_config(dir, &format!("n{i}"), seed, ca, ca_pem, addr(i), bootstrap);
     c.gossip.heartbeat_interval_ms = 100;
     c.gossip.peer_exchange_interval_ms = 100;
     c.gossip.anti_entropy_interval_ms = 100;
     c.tls.enabled = tls;
-    c.tls.ca_cert = ca_pem.to_owned();
-    c.tls.cert = cert;
     c
 }
 

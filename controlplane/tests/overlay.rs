@@ -24,15 +24,7 @@ fn addr(i: u8) -> SocketAddr {
 
 fn config(dir: &Path, i: u8, ca: &MeshCa, ca_pem: &Path, bootstrap: Vec<SocketAddr>) -> Config {
     let seed = [i.wrapping_mul(53).wrapping_add(7); 32];
-    let (key, cert) = common::write_member(dir, &format!("n{i}"), seed, ca);
-    let mut c = Config::default();
-    c.node.key_file = key;
-    c.node.listen = addr(i);
-    c.node.api_listen = "127.0.0.1:0".parse().unwrap();
-    c.node.bootstrap = bootstrap;
-    c.tls.enabled = true;
-    c.tls.ca_cert = ca_pem.to_owned();
-    c.tls.cert = cert;
+    let mut c = common::member_config(dir, &format!("n{i}"), seed, ca, ca_pem, addr(i), bootstrap);
     c.overlay.mode = OverlayMode::Hyparview;
     c.overlay.expected_size = u64::from(N);
     c.overlay.probe_interval_ms = 200;

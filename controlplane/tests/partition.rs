@@ -15,9 +15,9 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Daemon, Ns, collect, ctl, finish, plug, read_logs, try_status};
+use common::{Daemon, Ns, collect, ctl, finish, plug, read_logs, try_status, wait};
 
 const NODES: usize = 6;
 
@@ -57,18 +57,6 @@ anti_entropy_interval_ms = 100
     let path = dir.join(format!("n{i}.toml"));
     std::fs::write(&path, text).expect("write config");
     path
-}
-
-fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool, logs: &dyn Fn() -> String) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -18,9 +18,9 @@ mod common;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Daemon, Ns, collect, ctl, finish, plug, read_logs, try_status};
+use common::{Daemon, Ns, collect, ctl, finish, plug, read_logs, try_status, wait};
 
 use dataplane::identity::Identity;
 use dataplane::tile::wall_us;
@@ -105,25 +105,20 @@ fn three_meshd_nodes_on_xdp_in_namespaces() {
     let logs = || read_logs(names[..3].iter().map(|n| (n.to_string(), log(n))));
 
     // Mesh forms on the XDP backend.
-    let t0 = Instant::now();
-    loop {
-        let sts: Vec<Option<serde_json::Value>> = [a, b, c].iter().map(|n| try_status(n)).collect();
-        if sts
-            .iter()
-            .all(|s| s.as_ref().is_some_and(|s| s["peers_live"] == 2))
-        {
-            for s in sts.iter().flatten() {
-                assert_eq!(s["backend"], "xdp", "{s}");
-                assert_eq!(s["xdp_mode"], "native", "{s}");
-            }
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "mesh did not form\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    wait(
+        "the mesh to form",
+        Duration::from_secs(20),
+        || {
+            [a, b, c]
+                .iter()
+                .all(|n| try_status(n).is_some_and(|s| s["peers_live"] == 2))
+        },
+        &logs,
+    );
+    for n in [a, b, c] {
+        let s = try_status(n).unwrap_or_default();
+        assert_eq!(s["backend"], "xdp", "{s}");
+        assert_eq!(s["xdp_mode"], "native", "{s}");
     }
 
     // Subscribers on every node, then 20 messages from A and 20 from C.
@@ -269,26 +264,22 @@ fn four_meshd_nodes_on_xdp_run_the_protocol_cores() {
         daemons.push(Daemon::meshd(ns, &cfg, &log(names[i])));
     }
     let logs = || read_logs(names.iter().map(|n| (n.to_string(), log(n))));
-    let t0 = Instant::now();
-    loop {
-        let sts: Vec<Option<serde_json::Value>> = nss.iter().map(try_status).collect();
-        if sts.iter().all(|s| {
-            s.as_ref().is_some_and(|s| {
-                s["overlay"]["members"]["alive"] == 3 && s["overlay"]["admitted"] == 4
+    wait(
+        "the mesh to form",
+        Duration::from_secs(20),
+        || {
+            nss.iter().all(|n| {
+                try_status(n).is_some_and(|s| {
+                    s["overlay"]["members"]["alive"] == 3 && s["overlay"]["admitted"] == 4
+                })
             })
-        }) {
-            for s in sts.iter().flatten() {
-                assert_eq!(s["backend"], "xdp", "{s}");
-                assert_eq!(s["overlay_mode"], "hyparview", "{s}");
-            }
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "mesh did not form\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        },
+        &logs,
+    );
+    for n in &nss {
+        let s = try_status(n).unwrap_or_default();
+        assert_eq!(s["backend"], "xdp", "{s}");
+        assert_eq!(s["overlay_mode"], "hyparview", "{s}");
     }
     let subs: Vec<Child> = nss.iter().map(|ns| collect(ns, "t", 40)).collect();
     std::thread::sleep(Duration::from_millis(300));

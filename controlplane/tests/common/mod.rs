@@ -274,6 +274,43 @@ pub fn write_cert(
 
 /// A member's files: the key for `seed` in `dir/{name}.key` (mode 0600) and
 /// `ca`'s certificate for it. Returns `(key, cert)`.
+/// An in-process member's config: key and CA-issued certificate written to `dir` (from
+/// `seed`, files named after `name`), mesh address `listen`, agent API on an ephemeral
+/// loopback port, `bootstrap` seeds, mutual TLS on.
+pub fn member_config(
+    dir: &Path,
+    name: &str,
+    seed: [u8; 32],
+    ca: &mesh_transport::MeshCa,
+    ca_pem: &Path,
+    listen: std::net::SocketAddr,
+    bootstrap: Vec<std::net::SocketAddr>,
+) -> controlplane::config::Config {
+    let (key, cert) = write_member(dir, name, seed, ca);
+    let mut c = controlplane::config::Config::default();
+    c.node.key_file = key;
+    c.node.listen = listen;
+    c.node.api_listen = "127.0.0.1:0".parse().unwrap();
+    c.node.bootstrap = bootstrap;
+    c.tls.enabled = true;
+    c.tls.ca_cert = ca_pem.to_owned();
+    c.tls.cert = cert;
+    c
+}
+
+/// Polls `f` every 100 ms until it holds; fails after `limit` with `what` and `logs()`.
+pub fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool, logs: &dyn Fn() -> String) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn write_member(
     dir: &std::path::Path,
     name: &str,

@@ -483,12 +483,14 @@ fn run(
         all_lat.len()
     );
     if args.hyparview() {
-        // Partial views and the Plumtree tree, per node.
-        let views: Vec<String> = nodes
+        // Partial views and the dissemination tree, from one status read per node.
+        let overlays: Vec<serde_json::Value> = nodes
             .iter()
-            .map(|n| {
-                let s = status(n.api).unwrap_or_default();
-                let o = &s["overlay"];
+            .map(|n| status(n.api).unwrap_or_default()["overlay"].take())
+            .collect();
+        let views: Vec<String> = overlays
+            .iter()
+            .map(|o| {
                 format!(
                     "{}/{}/{}",
                     o["active"].as_u64().unwrap_or(0),
@@ -525,10 +527,7 @@ fn run(
             views.join(" ")
         );
         // The rooted tree: who the nodes follow, how deep, how many links.
-        let trees: Vec<serde_json::Value> = nodes
-            .iter()
-            .map(|n| status(n.api).unwrap_or_default()["overlay"]["tree"].clone())
-            .collect();
+        let trees: Vec<&serde_json::Value> = overlays.iter().map(|o| &o["tree"]).collect();
         let roots: std::collections::BTreeSet<String> = trees
             .iter()
             .filter_map(|t| t["root"].as_str())

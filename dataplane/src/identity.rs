@@ -56,33 +56,7 @@ pub enum IdentityError {
     Random(String),
 }
 
-/// 32-byte node id: the node's Ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub [u8; 32]);
-
-impl NodeId {
-    /// Hex form.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// First 8 hex characters, for logs.
-    pub fn short(&self) -> String {
-        hex::encode(&self.0[..4])
-    }
-}
-
-impl core::fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "NodeId({})", self.short())
-    }
-}
-
-impl core::fmt::Display for NodeId {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
+pub use mesh_types::NodeId;
 
 /// A node's signing identity.
 pub struct Identity {

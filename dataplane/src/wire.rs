@@ -245,34 +245,20 @@ impl<'a> Packet<'a> {
 
     /// Message id: derived from the signature, so the same signed message has
     /// the same id at every hop whatever its hop limit.
-    pub fn message_id(&self) -> MessageId {
-        MessageId::from_signature(self.signature())
+    pub fn message_id(&self) -> MsgId {
+        message_id(self.signature())
     }
 }
 
-/// 16-byte message id: the first half of SHA-256 over the signature.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(pub [u8; 16]);
+pub use mesh_types::MsgId;
 
-impl MessageId {
-    /// Derives the id of the message carrying `signature`.
-    pub fn from_signature(signature: &[u8; SIGNATURE_LEN]) -> MessageId {
-        let digest = Sha256::digest(signature);
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&digest[..16]);
-        MessageId(id)
-    }
-
-    /// Lower-case hex form used by the agent API.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl core::fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "MessageId({})", self.to_hex())
-    }
+/// Derives the id of the message carrying `signature`: the first half of
+/// SHA-256 over it.
+pub fn message_id(signature: &[u8; SIGNATURE_LEN]) -> MsgId {
+    let digest = Sha256::digest(signature);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    MsgId(id)
 }
 
 /// Errors building a datagram.

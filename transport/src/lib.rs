@@ -42,45 +42,9 @@ pub use frame::MAX_FRAME_LEN;
 pub use rustls::pki_types::CertificateDer;
 pub use verify::node_id_from_cert;
 
-use std::fmt;
-
-/// A node's identity on the mesh: its 32-byte Ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub [u8; 32]);
-
-impl NodeId {
-    /// The raw public key bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Lower-case hex of the 32 bytes (64 characters).
-    pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", &self.to_hex()[..16])
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex()[..16])
-    }
-}
-
-impl From<[u8; 32]> for NodeId {
-    fn from(b: [u8; 32]) -> Self {
-        NodeId(b)
-    }
-}
+/// A node's identity on the mesh: its 32-byte Ed25519 public key (the one id type every
+/// mesh crate shares; `Display` is the full hex form).
+pub use mesh_types::NodeId;
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

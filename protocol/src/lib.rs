@@ -17,7 +17,8 @@
 //!   eager set when enabled.
 //! - [`topology`]: RTT estimates and near + random peer choice, rebalancing.
 //! - [`wire`]: the [`Message`] enum and its bounded binary encoding.
-//! - [`time`], [`id`]: own `Instant`, `NodeId`, `MsgId`.
+//! - [`time`], [`id`]: `Instant`, `NodeId`, `MsgId`, re-exported from `mesh-types` (the same
+//!   types the data plane, transport and control plane use).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

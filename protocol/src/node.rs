@@ -1377,7 +1377,7 @@ mod tests {
         c.command(
             id(7),
             Command::Broadcast {
-                id: MsgId([9; 32]),
+                id: MsgId([9; 16]),
                 payload: b"hello".to_vec(),
             },
         );
@@ -1385,7 +1385,7 @@ mod tests {
         assert_eq!(
             c.delivered
                 .values()
-                .filter(|v| v.contains(&MsgId([9; 32])))
+                .filter(|v| v.contains(&MsgId([9; 16])))
                 .count(),
             20
         );
@@ -1422,7 +1422,7 @@ mod tests {
             c.command(
                 id(i),
                 Command::Broadcast {
-                    id: MsgId([100 + i; 32]),
+                    id: MsgId([100 + i; 16]),
                     payload: vec![i],
                 },
             );
@@ -1432,7 +1432,7 @@ mod tests {
             let got = c
                 .delivered
                 .values()
-                .filter(|v| v.contains(&MsgId([100 + i; 32])))
+                .filter(|v| v.contains(&MsgId([100 + i; 16])))
                 .count();
             assert_eq!(got, 20, "message from {i}");
         }

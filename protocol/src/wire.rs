@@ -1,7 +1,7 @@
 //! The control-plane messages and their compact binary encoding.
 //!
-//! Layout: one tag byte, then fields in order; integers little-endian; ids 32 raw bytes;
-//! lists as a `u8` count followed by items; the gossip payload as a `u16` length followed by
+//! Layout: one tag byte, then fields in order; integers little-endian; node ids 32 raw bytes,
+//! message ids 16; lists as a `u8` count followed by items; the gossip payload as a `u16` length followed by
 //! bytes. Every list has a hard maximum ([`MAX_UPDATES`], [`MAX_IDS`], [`MAX_NODES`],
 //! [`DIGEST_BUCKETS`], [`MAX_PAYLOAD`]) checked *before* allocating, so a hostile length field
 //! cannot make the decoder allocate more than the datagram it was handed. Every encoded message
@@ -23,6 +23,10 @@ pub const MAX_NODES: usize = 16;
 pub const DIGEST_BUCKETS: usize = 32;
 /// Largest broadcast payload in bytes.
 pub const MAX_PAYLOAD: usize = 1024;
+/// Encoded size of a [`MsgId`].
+const MSG_ID_LEN: usize = 16;
+/// Encoded size of one `IHave` entry: the id and its `u16` round.
+const IHAVE_ITEM_LEN: usize = MSG_ID_LEN + 2;
 
 /// A membership fact gossiped by SWIM: `node` is in `state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +234,11 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(32)?);
         Ok(a)
     }
+    fn msg_id(&mut self) -> Result<MsgId, DecodeError> {
+        let mut a = [0u8; MSG_ID_LEN];
+        a.copy_from_slice(self.take(MSG_ID_LEN)?);
+        Ok(MsgId(a))
+    }
     /// Reads a `u8` count, checks it against `max` and against the bytes left
     /// (`item` bytes each) before anything is allocated.
     fn count(&mut self, max: usize, item: usize) -> Result<usize, DecodeError> {
@@ -271,8 +280,8 @@ impl<'a> Reader<'a> {
         (0..n).map(|_| self.b32().map(NodeId)).collect()
     }
     fn ids(&mut self) -> Result<Vec<MsgId>, DecodeError> {
-        let n = self.count(MAX_IDS, 32)?;
-        (0..n).map(|_| self.b32().map(MsgId)).collect()
+        let n = self.count(MAX_IDS, MSG_ID_LEN)?;
+        (0..n).map(|_| self.msg_id()).collect()
     }
 }
 
@@ -466,7 +475,7 @@ impl Message {
                 .sum::<usize>()
         };
         let nodes = |u: &Vec<NodeId>| 1 + 32 * u.len().min(MAX_NODES);
-        let ids = |u: &Vec<MsgId>| 1 + 32 * u.len().min(MAX_IDS);
+        let ids = |u: &Vec<MsgId>| 1 + MSG_ID_LEN * u.len().min(MAX_IDS);
         1 + match self {
             Message::Ping { updates, .. } | Message::Ack { updates, .. } => 4 + upd(updates),
             Message::PingReq { updates, .. } => 4 + 32 + upd(updates),
@@ -477,8 +486,8 @@ impl Message {
             | Message::NeighborReply { .. }
             | Message::Disconnect { .. } => 1,
             Message::Shuffle { nodes: n, .. } => 33 + nodes(n),
-            Message::Gossip { payload, .. } => 36 + payload.len().min(MAX_PAYLOAD),
-            Message::IHave { ids: i } => 1 + 34 * i.len().min(MAX_IDS),
+            Message::Gossip { payload, .. } => MSG_ID_LEN + 4 + payload.len().min(MAX_PAYLOAD),
+            Message::IHave { ids: i } => 1 + IHAVE_ITEM_LEN * i.len().min(MAX_IDS),
             Message::Graft { ids: i } | Message::Pull { ids: i } => ids(i),
             Message::SyncDigest { .. } => 8 * DIGEST_BUCKETS,
             Message::SyncIds { ids: i, .. } => 2 + ids(i),
@@ -534,7 +543,7 @@ impl Message {
             },
             11 => Message::ShuffleReply { nodes: r.nodes()? },
             12 => {
-                let id = MsgId(r.b32()?);
+                let id = r.msg_id()?;
                 let round = r.u16()?;
                 let n = r.u16()? as usize;
                 if n > MAX_PAYLOAD {
@@ -547,10 +556,10 @@ impl Message {
                 }
             }
             13 => {
-                let n = r.count(MAX_IDS, 34)?;
+                let n = r.count(MAX_IDS, IHAVE_ITEM_LEN)?;
                 let mut ids = Vec::with_capacity(n);
                 for _ in 0..n {
-                    ids.push((MsgId(r.b32()?), r.u16()?));
+                    ids.push((r.msg_id()?, r.u16()?));
                 }
                 Message::IHave { ids }
             }
@@ -600,7 +609,7 @@ mod tests {
         any::<[u8; 32]>().prop_map(NodeId)
     }
     fn mid() -> impl Strategy<Value = MsgId> {
-        any::<[u8; 32]>().prop_map(MsgId)
+        any::<[u8; 16]>().prop_map(MsgId)
     }
     fn update() -> impl Strategy<Value = MemberUpdate> {
         (node(), any::<u64>(), 0u8..4, proptest::option::of(node())).prop_map(
@@ -722,6 +731,34 @@ mod tests {
     }
 
     #[test]
+    fn message_ids_take_sixteen_bytes_on_the_wire() {
+        let id = MsgId([7; 16]);
+        let mut buf = Vec::new();
+        Message::Gossip {
+            id,
+            round: 3,
+            payload: vec![1, 2],
+        }
+        .encode(&mut buf);
+        // tag, id, round, length, payload
+        assert_eq!(buf.len(), 1 + 16 + 2 + 2 + 2);
+        assert_eq!(&buf[1..17], &[7; 16]);
+        buf.clear();
+        Message::IHave {
+            ids: vec![(id, 1), (id, 2)],
+        }
+        .encode(&mut buf);
+        assert_eq!(buf.len(), 1 + 1 + 2 * 18);
+        buf.clear();
+        Message::Pull { ids: vec![id; 3] }.encode(&mut buf);
+        assert_eq!(buf.len(), 1 + 1 + 3 * 16);
+        // a count that promises more ids than the bytes that follow is cut short
+        let mut p = vec![18u8, 2];
+        p.extend_from_slice(&[0; 31]);
+        assert_eq!(Message::decode(&p), Err(DecodeError::Truncated));
+    }
+
+    #[test]
     fn hostile_counts_are_rejected_before_allocation() {
         assert_eq!(Message::decode(&[13, 200]), Err(DecodeError::TooLong(200)));
         assert_eq!(Message::decode(&[13, 20]), Err(DecodeError::Truncated));
@@ -730,7 +767,7 @@ mod tests {
         assert_eq!(Message::decode(&[15, 0]), Err(DecodeError::TrailingBytes));
         assert_eq!(Message::decode(&[7, 2]), Err(DecodeError::InvalidValue));
         let mut g = vec![12u8];
-        g.extend_from_slice(&[0; 34]);
+        g.extend_from_slice(&[0; 18]);
         g.extend_from_slice(&5000u16.to_le_bytes());
         assert_eq!(Message::decode(&g), Err(DecodeError::TooLong(5000)));
     }

@@ -627,7 +627,8 @@ impl Sim {
                     }
                 }
                 let Some(o) = origin else { return };
-                let mut id = [0u8; 32];
+                // (the first half of what 32-byte ids were, so runs compare across that change)
+                let mut id = [0u8; 16];
                 for (k, c) in id.chunks_mut(8).enumerate() {
                     c.copy_from_slice(
                         &splitmix(self.cfg.seed ^ (b as u64 * 4 + k as u64 + 1)).to_le_bytes(),

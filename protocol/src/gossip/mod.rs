@@ -793,7 +793,7 @@ mod tests {
         NodeId([b; 32])
     }
     fn m(b: u8) -> MsgId {
-        MsgId([b; 32])
+        MsgId([b; 16])
     }
 
     #[test]

@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::node::{PublishError, Shared};
+use crate::service::{PublishError, Service};
 
 /// Body of `POST /v1/publish`.
 #[derive(Debug, Deserialize)]
@@ -53,21 +53,21 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
-async fn status(State(s): State<Arc<Shared>>) -> Response {
+async fn status(State(s): State<Arc<Service>>) -> Response {
     match s.status().await {
         Some(st) => Json(st).into_response(),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "node stopping"),
     }
 }
 
-async fn peers(State(s): State<Arc<Shared>>) -> Response {
+async fn peers(State(s): State<Arc<Service>>) -> Response {
     match s.peers().await {
         Some(p) => Json(p).into_response(),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "node stopping"),
     }
 }
 
-async fn publish(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn publish(State(s): State<Arc<Service>>, body: axum::body::Bytes) -> Response {
     let req: PublishRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
@@ -95,7 +95,7 @@ async fn publish(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Respo
     }
 }
 
-async fn subscribe(State(s): State<Arc<Shared>>, Query(q): Query<SubscribeQuery>) -> Response {
+async fn subscribe(State(s): State<Arc<Service>>, Query(q): Query<SubscribeQuery>) -> Response {
     let rx = s.deliveries.subscribe();
     s.metrics.subscribers.inc();
     let guard = SubscriberGuard(s.clone());
@@ -127,7 +127,7 @@ async fn subscribe(State(s): State<Arc<Shared>>, Query(q): Query<SubscribeQuery>
 }
 
 /// Decrements the subscriber gauge when a stream ends.
-struct SubscriberGuard(Arc<Shared>);
+struct SubscriberGuard(Arc<Service>);
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
@@ -143,7 +143,7 @@ pub struct AddrRequest {
     pub ip: std::net::IpAddr,
 }
 
-async fn deny_or_allow(s: Arc<Shared>, body: axum::body::Bytes, deny: bool) -> Response {
+async fn deny_or_allow(s: Arc<Service>, body: axum::body::Bytes, deny: bool) -> Response {
     let req: AddrRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
@@ -178,7 +178,7 @@ pub struct RateRequest {
     pub burst: u64,
 }
 
-async fn rate(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn rate(State(s): State<Arc<Service>>, body: axum::body::Bytes) -> Response {
     let req: RateRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
@@ -198,15 +198,15 @@ async fn rate(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response
     }
 }
 
-async fn deny(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn deny(State(s): State<Arc<Service>>, body: axum::body::Bytes) -> Response {
     deny_or_allow(s, body, true).await
 }
 
-async fn allow(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn allow(State(s): State<Arc<Service>>, body: axum::body::Bytes) -> Response {
     deny_or_allow(s, body, false).await
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+async fn metrics(State(s): State<Arc<Service>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.render_metrics(),
@@ -214,8 +214,22 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The API's listener: every accepted connection gets `TCP_NODELAY`. A subscriber stream
+/// writes one small line per message; with Nagle's algorithm on, a line waits for the
+/// client's delayed ACK (about 40 ms on Linux) whenever the previous one is unacknowledged.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on an agent connection");
+        }
+    })
+}
+
 /// Serves the API until the task is aborted.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Service>) {
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
@@ -226,7 +240,29 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         .route("/v1/rate", post(rate))
         .route("/metrics", get(metrics))
         .with_state(shared);
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(no_delay(listener), app).await {
         tracing::error!(error = %e, "agent API stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+
+    #[tokio::test]
+    async fn accepted_connections_have_tcp_nodelay() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut l = no_delay(l);
+        let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
+        let (server_side, _) = l.accept().await;
+        assert!(
+            server_side.nodelay().expect("nodelay readable"),
+            "the API must set TCP_NODELAY on accepted connections"
+        );
+        drop(client.await);
     }
 }

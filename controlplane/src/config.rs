@@ -45,9 +45,9 @@ pub enum ConfigError {
 pub struct Config {
     /// Identity and addresses.
     pub node: NodeConfig,
-    /// Dissemination and peer management.
+    /// Message screening, hop limit, anti-entropy and repair store.
     pub gossip: GossipConfig,
-    /// Which membership and dissemination protocol runs.
+    /// The protocol cores: membership, views, dissemination tree, repair.
     pub overlay: OverlayConfig,
     /// Fast-path settings.
     pub dataplane: DataplaneConfig,
@@ -57,22 +57,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
-/// Which control plane makes the nodes a mesh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OverlayMode {
-    /// Every node keeps every peer in a live table (heartbeats, peer exchange) and pushes each
-    /// new message to `gossip.fanout` random peers; anti-entropy repairs the rest. Simple,
-    /// works without TLS; for meshes of tens of nodes.
-    Full,
-    /// The protocol cores: SWIM failure detection with Lifeguard suspicion, HyParView partial
-    /// views (no node holds the whole member list), Plumtree eager/lazy push (the fast path
-    /// forwards to the eager set), push-pull anti-entropy, latency-aware neighbours and
-    /// partition healing. Needs `tls.enabled` (the cores' messages travel over mutual TLS).
-    Hyparview,
-}
-
-/// How the hyparview control plane builds the dissemination tree (the eager set the fast
+/// How the protocol cores build the dissemination tree (the eager set the fast
 /// path forwards to).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,12 +71,15 @@ pub enum TreeMode {
     Plumtree,
 }
 
-/// `[overlay]`: the membership and dissemination protocol.
+/// `[overlay]`: the protocol cores (SWIM with Lifeguard, HyParView, the dissemination tree,
+/// Plumtree repair, partition healing).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OverlayConfig {
-    /// `full` or `hyparview` (see [`OverlayMode`]).
-    pub mode: OverlayMode,
+    /// Retired (`"full"` | `"hyparview"`): the protocol cores are the only control plane.
+    /// `"hyparview"` is accepted with a warning; `"full"` is an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     /// Expected mesh size: sets the partial-view sizes (active `log2 n + 1`, passive 6x).
     pub expected_size: u64,
     /// SWIM protocol period (one probe per period).
@@ -131,7 +119,7 @@ pub struct OverlayConfig {
 impl Default for OverlayConfig {
     fn default() -> Self {
         OverlayConfig {
-            mode: OverlayMode::Full,
+            mode: None,
             expected_size: 1000,
             probe_interval_ms: 1000,
             probe_timeout_ms: 400,
@@ -171,25 +159,27 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// `[tls]`: node-to-node control traffic over QUIC with mutual TLS.
+/// `[tls]`: node-to-node control traffic over QUIC with mutual TLS, always on. It runs on
+/// UDP port `node.listen` + 1; only nodes with a certificate from `ca_cert` join, and data
+/// from origins that are not such members is dropped before its signature is checked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// Turn mutual TLS on. Control traffic then runs over QUIC on UDP port
-    /// `node.listen` + 1, only peers with a certificate from `ca_cert` join,
-    /// and data messages from origins that are not such peers are dropped.
-    pub enabled: bool,
+    /// Retired: mutual TLS is always on. `true` is accepted with a warning; `false` is an
+    /// error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// The mesh CA certificate (PEM).
     pub ca_cert: PathBuf,
     /// This node's certificate (PEM), issued by the mesh CA for the node's
-    /// Ed25519 key (`meshd --print-node-id`, then `meshctl ca issue`).
+    /// Ed25519 key (`meshctl enroll`, or `meshd --print-node-id` then `meshctl ca issue`).
     pub cert: PathBuf,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
         TlsConfig {
-            enabled: false,
+            enabled: None,
             ca_cert: PathBuf::from("/etc/meshd/ca.crt"),
             cert: PathBuf::from("/etc/meshd/node.crt"),
         }
@@ -226,8 +216,6 @@ impl Default for NodeConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GossipConfig {
-    /// Peers each new data message is pushed to.
-    pub fanout: usize,
     /// Hop limit of messages this node publishes.
     pub hop_limit: u8,
     /// Messages older than this (by origin timestamp) are dropped as replays.
@@ -236,44 +224,52 @@ pub struct GossipConfig {
     pub max_clock_skew_ms: u64,
     /// Seen-cache slots (16 bytes each).
     pub dedup_capacity: usize,
-    /// Interval of heartbeats to live peers.
-    pub heartbeat_interval_ms: u64,
-    /// A peer not heard from for this long is dropped from the live set.
-    pub peer_timeout_ms: u64,
-    /// Interval of peer-list exchange with one random peer.
-    pub peer_exchange_interval_ms: u64,
     /// Interval of anti-entropy digests (IHAVE) to one random peer.
     pub anti_entropy_interval_ms: u64,
-    /// Most message ids one anti-entropy round advertises.
-    pub anti_entropy_max_ids: usize,
     /// How long published messages are kept for anti-entropy repair.
     pub retention_ms: u64,
     /// Most messages kept for repair.
     pub max_stored_messages: usize,
-    /// Most live peers kept.
-    pub max_peers: usize,
-    /// How long a peer that stopped answering is remembered and probed
-    /// (partition healing and detection) before it is forgotten.
-    pub forget_after_ms: u64,
+    /// Retired with the peer table: accepted with a warning, no effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<u64>,
+    /// Retired with the peer table: accepted with a warning, no effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Retired with the peer table: accepted with a warning, no effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_timeout_ms: Option<u64>,
+    /// Retired with the peer table: accepted with a warning, no effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_exchange_interval_ms: Option<u64>,
+    /// Retired with the peer table: accepted with a warning, no effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anti_entropy_max_ids: Option<u64>,
+    /// Retired with the peer table: accepted with a warning, no effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_peers: Option<u64>,
+    /// Retired with the peer table: accepted with a warning, no effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forget_after_ms: Option<u64>,
 }
 
 impl Default for GossipConfig {
     fn default() -> Self {
         GossipConfig {
-            fanout: 3,
             hop_limit: 16,
             replay_window_ms: 120_000,
             max_clock_skew_ms: 5_000,
             dedup_capacity: 1 << 20,
-            heartbeat_interval_ms: 500,
-            peer_timeout_ms: 3_000,
-            peer_exchange_interval_ms: 1_000,
             anti_entropy_interval_ms: 250,
-            anti_entropy_max_ids: 512,
             retention_ms: 60_000,
             max_stored_messages: 65_536,
-            max_peers: 64,
-            forget_after_ms: 600_000,
+            fanout: None,
+            heartbeat_interval_ms: None,
+            peer_timeout_ms: None,
+            peer_exchange_interval_ms: None,
+            anti_entropy_max_ids: None,
+            max_peers: None,
+            forget_after_ms: None,
         }
     }
 }
@@ -398,14 +394,52 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Keys of the retired peer-table control plane that are set (accepted, no effect):
+    /// `meshd` logs a warning for each.
+    pub fn retired_keys(&self) -> Vec<&'static str> {
+        let g = &self.gossip;
+        [
+            ("overlay.mode", self.overlay.mode.is_some()),
+            ("tls.enabled", self.tls.enabled.is_some()),
+            ("gossip.fanout", g.fanout.is_some()),
+            (
+                "gossip.heartbeat_interval_ms",
+                g.heartbeat_interval_ms.is_some(),
+            ),
+            ("gossip.peer_timeout_ms", g.peer_timeout_ms.is_some()),
+            (
+                "gossip.peer_exchange_interval_ms",
+                g.peer_exchange_interval_ms.is_some(),
+            ),
+            (
+                "gossip.anti_entropy_max_ids",
+                g.anti_entropy_max_ids.is_some(),
+            ),
+            ("gossip.max_peers", g.max_peers.is_some()),
+            ("gossip.forget_after_ms", g.forget_after_ms.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
+
     /// Checks ranges and relations between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let g = &self.gossip;
+        if let Some(mode) = &self.overlay.mode {
+            check(
+                mode == "hyparview",
+                "overlay.mode",
+                format!(
+                    "is retired: the protocol cores (formerly \"hyparview\") are the only control plane; remove the key (got \"{mode}\")"
+                ),
+            )?;
+        }
         check(
-            (1..=32).contains(&g.fanout),
-            "gossip.fanout",
-            format!("must be 1..=32, got {}", g.fanout),
+            self.tls.enabled != Some(false),
+            "tls.enabled",
+            "is retired: mutual TLS between nodes is always on; remove the key",
         )?;
+        let g = &self.gossip;
         check(g.hop_limit >= 1, "gossip.hop_limit", "must be at least 1")?;
         check(
             g.replay_window_ms >= 1_000,
@@ -426,44 +460,14 @@ impl Config {
             format!("must be 1024..=268435456, got {}", g.dedup_capacity),
         )?;
         check(
-            g.heartbeat_interval_ms >= 10,
-            "gossip.heartbeat_interval_ms",
-            "must be at least 10",
-        )?;
-        check(
-            g.peer_timeout_ms >= 2 * g.heartbeat_interval_ms,
-            "gossip.peer_timeout_ms",
-            "must be at least twice gossip.heartbeat_interval_ms",
-        )?;
-        check(
-            g.peer_exchange_interval_ms >= 10,
-            "gossip.peer_exchange_interval_ms",
-            "must be at least 10",
-        )?;
-        check(
             g.anti_entropy_interval_ms >= 10,
             "gossip.anti_entropy_interval_ms",
             "must be at least 10",
         )?;
         check(
-            (1..=65_536).contains(&g.anti_entropy_max_ids),
-            "gossip.anti_entropy_max_ids",
-            "must be 1..=65536",
-        )?;
-        check(
             (1..=1 << 24).contains(&g.max_stored_messages),
             "gossip.max_stored_messages",
             "must be 1..=16777216",
-        )?;
-        check(
-            (1..=4096).contains(&g.max_peers),
-            "gossip.max_peers",
-            "must be 1..=4096",
-        )?;
-        check(
-            g.forget_after_ms >= g.peer_timeout_ms,
-            "gossip.forget_after_ms",
-            "must be at least gossip.peer_timeout_ms",
         )?;
         let d = &self.dataplane;
         check(
@@ -514,13 +518,6 @@ impl Config {
             "must be at least 100",
         )?;
         let o = &self.overlay;
-        if o.mode == OverlayMode::Hyparview {
-            check(
-                self.tls.enabled,
-                "overlay.mode",
-                "`hyparview` needs tls.enabled = true (its messages travel over mutual TLS)",
-            )?;
-        }
         check(
             (2..=1 << 24).contains(&o.expected_size),
             "overlay.expected_size",
@@ -589,13 +586,11 @@ impl Config {
                 "must be empty or an http:// URL (this build has no TLS for OTLP; use a local collector), got `{otlp}`"
             ),
         )?;
-        if self.tls.enabled {
-            check(
-                self.node.listen.port() != 0 && self.node.listen.port() != u16::MAX,
-                "node.listen",
-                "must have a fixed port below 65535 with tls.enabled (control traffic uses port + 1)",
-            )?;
-        }
+        check(
+            self.node.listen.port() != 0 && self.node.listen.port() != u16::MAX,
+            "node.listen",
+            "must have a fixed port below 65535 (mutual TLS uses port + 1)",
+        )?;
         if d.backend == Backend::Xdp {
             check(
                 !d.xdp.interface.is_empty(),
@@ -660,9 +655,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_in_the_error() {
-        let err = Config::from_toml("[gossip]\nfanoutt = 3\n", Path::new("m.toml")).unwrap_err();
+        let err = Config::from_toml("[gossip]\nhop_limitt = 3\n", Path::new("m.toml")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("fanoutt"), "{msg}");
+        assert!(msg.contains("hop_limitt"), "{msg}");
         assert!(msg.contains("m.toml"), "{msg}");
     }
 
@@ -675,22 +670,17 @@ mod tests {
     #[test]
     fn out_of_range_values_name_their_key() {
         for (text, field) in [
-            ("[gossip]\nfanout = 0\n", "gossip.fanout"),
+            ("[node]\nlisten = \"127.0.0.1:0\"\n", "node.listen"),
             (
                 "[gossip]\nretention_ms = 999999999\n",
                 "gossip.retention_ms",
             ),
             ("[dataplane]\nbatch_size = 0\n", "dataplane.batch_size"),
-            ("[overlay]\nmode = \"hyparview\"\n", "overlay.mode"),
             (
                 "[overlay]\nprobe_timeout_ms = 1000\n",
                 "overlay.probe_timeout_ms",
             ),
             ("[dataplane]\nrx_core = 4096\n", "dataplane.rx_core"),
-            (
-                "[gossip]\npeer_timeout_ms = 100\n",
-                "gossip.peer_timeout_ms",
-            ),
             ("[dataplane]\nbackend = \"xdp\"\n", "node.listen"),
             (
                 "[dataplane]\nverify_workers = 2\nverify_cores = [0]\n",
@@ -709,6 +699,40 @@ mod tests {
             match err {
                 ConfigError::Invalid { field: f, .. } => assert_eq!(f, field, "{text}"),
                 other => panic!("{text}: {other}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod retired_keys {
+    use super::*;
+
+    #[test]
+    fn keys_of_the_retired_peer_table_are_accepted_with_a_warning_when_harmless() {
+        let text = "[overlay]\nmode = \"hyparview\"\n[tls]\nenabled = true\n[gossip]\nfanout = 3\nheartbeat_interval_ms = 500\n";
+        let cfg = Config::from_toml(text, Path::new("old.toml")).expect("harmless retired keys");
+        assert_eq!(
+            cfg.retired_keys(),
+            vec![
+                "overlay.mode",
+                "tls.enabled",
+                "gossip.fanout",
+                "gossip.heartbeat_interval_ms"
+            ]
+        );
+        assert!(Config::default().retired_keys().is_empty());
+    }
+
+    #[test]
+    fn asking_for_the_retired_behaviour_is_an_error_naming_the_key() {
+        for (text, key) in [
+            ("[overlay]\nmode = \"full\"\n", "overlay.mode"),
+            ("[tls]\nenabled = false\n", "tls.enabled"),
+        ] {
+            match Config::from_toml(text, Path::new("old.toml")) {
+                Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
             }
         }
     }

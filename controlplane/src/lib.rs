@@ -1,23 +1,31 @@
 //! The mesh control plane and the `meshd` daemon's building blocks.
 //!
-//! - [`node`]: the tokio driver of one node (tile, peers, store, API);
-//! - [`peers`]: bootstrap, join, peer exchange and liveness (sans-IO);
-//! - [`store`]: recent messages kept for anti-entropy repair;
-//! - [`control`]: payloads of the control datagrams;
+//! The driver side:
+//! - [`node`]: start-up and the run-time driver of one node (fast path, core, links);
+//! - [`frames`]: the mutual-TLS control frames (core messages with address hints);
+//! - [`book`]: node id ↔ mesh address, hints never overriding handshakes;
+//! - [`admission`]: the bounded set of origins the fast path admits;
+//! - [`store`]: recent signed messages kept to answer grafts and pulls;
+//! - [`xdp_backend`]: attaches XDP and starts the AF_XDP tiles.
+//!
+//! The service side (depends on no driver module):
+//! - [`service`]: what a running node offers agents and exporters, and its types;
 //! - [`api`]: the agent HTTP/JSON API and `/metrics`;
 //! - [`metrics`]: metric names from `registry/` and the Prometheus exporter;
-//! - [`otlp`]: OTLP export of every registry metric;
-//! - [`overlay`]: glue for the protocol cores (frames with address hints, address book);
-//! - [`config`]: the `meshd` configuration file.
+//! - [`otlp`]: OTLP export of every registry metric.
+//!
+//! And [`config`], the `meshd` configuration file.
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod api;
+pub mod book;
 pub mod config;
-pub mod control;
+pub mod enroll;
+pub mod frames;
 pub mod metrics;
 pub mod node;
 pub mod otlp;
-pub mod overlay;
-pub mod peers;
+pub mod service;
 pub mod store;
 pub mod xdp_backend;

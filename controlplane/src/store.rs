@@ -1,28 +1,28 @@
-//! Bounded store of recent data messages, kept for anti-entropy repair.
+//! Bounded store of recent data messages, kept to answer grafts and pulls (Plumtree repair
+//! and anti-entropy) with the signed datagram itself.
 //!
-//! Holds each message's signed bytes for `retention`, up to `max_messages`
-//! (oldest evicted first). Ids come out newest first for IHAVE digests.
+//! Holds each message's signed bytes for `retention`, up to `max_messages` (oldest evicted
+//! first).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use dataplane::wire::MessageId;
-
-use crate::peers::Nanos;
+use dataplane::wire::MsgId;
+use mesh_protocol::{Duration, Instant};
 
 /// The store.
 pub struct MessageStore {
-    retention_ns: Nanos,
+    retention: Duration,
     max_messages: usize,
-    map: HashMap<MessageId, Arc<[u8]>>,
-    order: VecDeque<(Nanos, MessageId)>,
+    map: HashMap<MsgId, Arc<[u8]>>,
+    order: VecDeque<(Instant, MsgId)>,
 }
 
 impl MessageStore {
     /// An empty store.
-    pub fn new(retention_ns: Nanos, max_messages: usize) -> MessageStore {
+    pub fn new(retention: Duration, max_messages: usize) -> MessageStore {
         MessageStore {
-            retention_ns,
+            retention,
             max_messages: max_messages.max(1),
             map: HashMap::new(),
             order: VecDeque::new(),
@@ -40,17 +40,17 @@ impl MessageStore {
     }
 
     /// Whether `id` is held.
-    pub fn contains(&self, id: &MessageId) -> bool {
+    pub fn contains(&self, id: &MsgId) -> bool {
         self.map.contains_key(id)
     }
 
     /// The bytes of `id`, if held.
-    pub fn get(&self, id: &MessageId) -> Option<&Arc<[u8]>> {
+    pub fn get(&self, id: &MsgId) -> Option<&Arc<[u8]>> {
         self.map.get(id)
     }
 
     /// Adds a message (no-op if held). Returns false when it was already held.
-    pub fn insert(&mut self, now: Nanos, id: MessageId, bytes: Arc<[u8]>) -> bool {
+    pub fn insert(&mut self, now: Instant, id: MsgId, bytes: Arc<[u8]>) -> bool {
         self.expire(now);
         if self.map.contains_key(&id) {
             return false;
@@ -69,24 +69,14 @@ impl MessageStore {
     }
 
     /// Drops messages older than the retention.
-    pub fn expire(&mut self, now: Nanos) {
+    pub fn expire(&mut self, now: Instant) {
         while let Some(&(t, id)) = self.order.front() {
-            if now.saturating_sub(t) <= self.retention_ns {
+            if now.saturating_since(t) <= self.retention {
                 break;
             }
             self.order.pop_front();
             self.map.remove(&id);
         }
-    }
-
-    /// Up to `max` ids, newest first.
-    pub fn newest_ids(&self, max: usize) -> Vec<MessageId> {
-        self.order
-            .iter()
-            .rev()
-            .take(max)
-            .map(|(_, id)| *id)
-            .collect()
     }
 }
 
@@ -94,30 +84,34 @@ impl MessageStore {
 mod tests {
     use super::*;
 
-    fn id(i: u8) -> MessageId {
-        MessageId([i; 16])
+    fn id(i: u8) -> MsgId {
+        MsgId([i; 16])
+    }
+
+    fn t(ns: u64) -> Instant {
+        Instant::from_nanos(ns)
     }
 
     #[test]
     fn keeps_messages_for_the_retention_then_forgets_them() {
-        let mut s = MessageStore::new(100, 10);
-        assert!(s.insert(0, id(1), Arc::from(&b"a"[..])));
-        assert!(!s.insert(5, id(1), Arc::from(&b"a"[..])));
+        let mut s = MessageStore::new(Duration::from_nanos(100), 10);
+        assert!(s.insert(t(0), id(1), Arc::from(&b"a"[..])));
+        assert!(!s.insert(t(5), id(1), Arc::from(&b"a"[..])));
         assert!(s.contains(&id(1)));
-        s.expire(100);
+        s.expire(t(100));
         assert!(s.contains(&id(1)));
-        s.expire(101);
+        s.expire(t(101));
         assert!(!s.contains(&id(1)));
     }
 
     #[test]
-    fn is_bounded_and_lists_newest_first() {
-        let mut s = MessageStore::new(1_000, 3);
+    fn is_bounded_oldest_out_first() {
+        let mut s = MessageStore::new(Duration::from_nanos(1_000), 3);
         for i in 0..5 {
-            s.insert(u64::from(i), id(i), Arc::from(&[i][..]));
+            s.insert(t(u64::from(i)), id(i), Arc::from(&[i][..]));
         }
         assert_eq!(s.len(), 3);
-        assert_eq!(s.newest_ids(2), vec![id(4), id(3)]);
-        assert!(!s.contains(&id(0)));
+        assert!(!s.contains(&id(0)) && !s.contains(&id(1)));
+        assert!(s.contains(&id(2)) && s.contains(&id(4)));
     }
 }

@@ -48,6 +48,12 @@ fn main() -> anyhow::Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    for key in cfg.retired_keys() {
+        tracing::warn!(
+            key,
+            "config key of the retired peer-table control plane has no effect: remove it"
+        );
+    }
     if args.print_node_id {
         let (id, _) = dataplane::identity::Identity::load_or_create(&cfg.node.key_file)?;
         println!("{}", id.node_id());

@@ -110,11 +110,7 @@ pub fn start(
         )?;
         if let Ok(bind) = bind_rx.recv() {
             tracing::info!(queue = q, %bind, core = ?core, "AF_XDP socket bound");
-            let label = match bind {
-                BindMode::ZeroCopy => "zero_copy",
-                BindMode::Copy => "copy",
-            };
-            metrics.xsk_sockets.with_label_values(&[label]).inc();
+            metrics.xsk_sockets.with_label_values(&[bind.as_str()]).inc();
         }
         tiles.push(tile);
     }

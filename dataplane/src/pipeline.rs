@@ -16,81 +16,39 @@ use crate::dedup::{SeenCache, SeenStats};
 use crate::verify::{self, VerifyItem};
 use crate::wire::{DecodeError, Kind, Packet};
 
-/// Why a packet was dropped. Values are stable: they index counter arrays and
-/// match the `mesh.drop.reason` members in `registry/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum DropReason {
-    /// Shorter than header + signature.
-    Truncated = 0,
-    /// Longer than the datagram limit.
-    Oversized = 1,
-    /// Wrong magic.
-    BadMagic = 2,
-    /// Unsupported version.
-    BadVersion = 3,
-    /// Unknown kind.
-    BadKind = 4,
-    /// Non-zero reserved bytes or flags.
-    BadReserved = 5,
-    /// Length field disagrees with the datagram.
-    LengthMismatch = 6,
-    /// Timestamp older than the replay window.
-    Stale = 7,
-    /// Timestamp further in the future than the allowed clock skew.
-    FromFuture = 8,
-    /// Already seen.
-    Duplicate = 9,
-    /// Signature (or public key) invalid.
-    BadSignature = 10,
-    /// Accepted, but the next stage's queue was full.
-    QueueFull = 11,
-    /// Valid signature but the payload does not follow its kind's format.
-    BadPayload = 12,
-    /// Origin is not an admitted member (mutual TLS on): dropped before
-    /// its signature is checked.
-    UnknownOrigin = 13,
-}
-
-impl DropReason {
-    /// Number of reasons.
-    pub const COUNT: usize = 14;
-    /// Every reason, in value order.
-    pub const ALL: [DropReason; DropReason::COUNT] = [
-        DropReason::Truncated,
-        DropReason::Oversized,
-        DropReason::BadMagic,
-        DropReason::BadVersion,
-        DropReason::BadKind,
-        DropReason::BadReserved,
-        DropReason::LengthMismatch,
-        DropReason::Stale,
-        DropReason::FromFuture,
-        DropReason::Duplicate,
-        DropReason::BadSignature,
-        DropReason::QueueFull,
-        DropReason::BadPayload,
-        DropReason::UnknownOrigin,
-    ];
-
-    /// The registry member name (`mesh.drop.reason` attribute value).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Truncated => "truncated",
-            DropReason::Oversized => "oversized",
-            DropReason::BadMagic => "bad_magic",
-            DropReason::BadVersion => "bad_version",
-            DropReason::BadKind => "bad_kind",
-            DropReason::BadReserved => "bad_reserved",
-            DropReason::LengthMismatch => "length_mismatch",
-            DropReason::Stale => "stale",
-            DropReason::FromFuture => "from_future",
-            DropReason::Duplicate => "duplicate",
-            DropReason::BadSignature => "bad_signature",
-            DropReason::QueueFull => "queue_full",
-            DropReason::BadPayload => "bad_payload",
-            DropReason::UnknownOrigin => "unknown_origin",
-        }
+mesh_types::labels! {
+    /// Why a packet was dropped. Values are stable: they index counter arrays;
+    /// names are the `mesh.drop.reason` members in `registry/`.
+    pub enum DropReason {
+        /// Shorter than header + signature.
+        Truncated = 0 => "truncated",
+        /// Longer than the datagram limit.
+        Oversized = 1 => "oversized",
+        /// Wrong magic.
+        BadMagic = 2 => "bad_magic",
+        /// Unsupported version.
+        BadVersion = 3 => "bad_version",
+        /// Unknown kind.
+        BadKind = 4 => "bad_kind",
+        /// Non-zero reserved bytes or flags.
+        BadReserved = 5 => "bad_reserved",
+        /// Length field disagrees with the datagram.
+        LengthMismatch = 6 => "length_mismatch",
+        /// Timestamp older than the replay window.
+        Stale = 7 => "stale",
+        /// Timestamp further in the future than the allowed clock skew.
+        FromFuture = 8 => "from_future",
+        /// Already seen.
+        Duplicate = 9 => "duplicate",
+        /// Signature (or public key) invalid.
+        BadSignature = 10 => "bad_signature",
+        /// Accepted, but the next stage's queue was full.
+        QueueFull = 11 => "queue_full",
+        /// Valid signature but the payload does not follow its kind's format.
+        BadPayload = 12 => "bad_payload",
+        /// Origin is not an admitted member (mutual TLS on): dropped before
+        /// its signature is checked.
+        UnknownOrigin = 13 => "unknown_origin",
     }
 }
 

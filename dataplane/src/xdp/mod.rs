@@ -40,79 +40,42 @@ pub const XDP_TX: u32 = 3;
 /// `XDP_REDIRECT`.
 pub const XDP_REDIRECT: u32 = 4;
 
-/// Every verdict and reason the program counts (`enum mesh_xdp_reason`).
-/// Values index [`XdpCounters`]; names are the `mesh.xdp.reason` attribute
-/// values of the `mesh.xdp.packets` metric.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Reason {
-    /// Not UDP to a mesh port: passed to the kernel stack untouched.
-    PassNotMesh = 0,
-    /// Well-formed mesh datagram but no AF_XDP socket on its RX queue: passed.
-    PassNoSocket = 1,
-    /// Well-formed mesh datagram redirected to the queue's AF_XDP socket.
-    Redirect = 2,
-    /// Frame ends inside a header, or the UDP payload is shorter than 128 bytes.
-    DropTruncated = 3,
-    /// UDP payload longer than 1232 bytes.
-    DropOversized = 4,
-    /// Magic is not `MSH1`.
-    DropBadMagic = 5,
-    /// Version is not 1.
-    DropBadVersion = 6,
-    /// Reserved bytes or flags not zero.
-    DropBadReserved = 7,
-    /// Kind outside 1..=6.
-    DropBadKind = 8,
-    /// `payload_len`, UDP length and IP length disagree.
-    DropLengthMismatch = 9,
-    /// Fragmented mesh datagram.
-    DropBadL3 = 10,
-    /// Source on the deny map.
-    DropDenied = 11,
-    /// Source over its token bucket.
-    DropRateLimited = 12,
+mesh_types::labels! {
+    /// Every verdict and reason the program counts (`enum mesh_xdp_reason`).
+    /// Values index [`XdpCounters`] (`MESH_XDP_REASON_COUNT` is `COUNT`);
+    /// names are the `mesh.xdp.reason` attribute values of the
+    /// `mesh.xdp.packets` metric.
+    pub enum Reason {
+        /// Not UDP to a mesh port: passed to the kernel stack untouched.
+        PassNotMesh = 0 => "pass_not_mesh",
+        /// Well-formed mesh datagram but no AF_XDP socket on its RX queue: passed.
+        PassNoSocket = 1 => "pass_no_socket",
+        /// Well-formed mesh datagram redirected to the queue's AF_XDP socket.
+        Redirect = 2 => "redirect",
+        /// Frame ends inside a header, or the UDP payload is shorter than 128 bytes.
+        DropTruncated = 3 => "drop_truncated",
+        /// UDP payload longer than 1232 bytes.
+        DropOversized = 4 => "drop_oversized",
+        /// Magic is not `MSH1`.
+        DropBadMagic = 5 => "drop_bad_magic",
+        /// Version is not 1.
+        DropBadVersion = 6 => "drop_bad_version",
+        /// Reserved bytes or flags not zero.
+        DropBadReserved = 7 => "drop_bad_reserved",
+        /// Kind outside 1..=6.
+        DropBadKind = 8 => "drop_bad_kind",
+        /// `payload_len`, UDP length and IP length disagree.
+        DropLengthMismatch = 9 => "drop_length_mismatch",
+        /// Fragmented mesh datagram.
+        DropBadL3 = 10 => "drop_bad_l3",
+        /// Source on the deny map.
+        DropDenied = 11 => "drop_denied",
+        /// Source over its token bucket.
+        DropRateLimited = 12 => "drop_rate_limited",
+    }
 }
 
 impl Reason {
-    /// Number of reasons (`MESH_XDP_REASON_COUNT`).
-    pub const COUNT: usize = 13;
-    /// Every reason in value order.
-    pub const ALL: [Reason; Reason::COUNT] = [
-        Reason::PassNotMesh,
-        Reason::PassNoSocket,
-        Reason::Redirect,
-        Reason::DropTruncated,
-        Reason::DropOversized,
-        Reason::DropBadMagic,
-        Reason::DropBadVersion,
-        Reason::DropBadReserved,
-        Reason::DropBadKind,
-        Reason::DropLengthMismatch,
-        Reason::DropBadL3,
-        Reason::DropDenied,
-        Reason::DropRateLimited,
-    ];
-
-    /// Metric attribute value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::PassNotMesh => "pass_not_mesh",
-            Reason::PassNoSocket => "pass_no_socket",
-            Reason::Redirect => "redirect",
-            Reason::DropTruncated => "drop_truncated",
-            Reason::DropOversized => "drop_oversized",
-            Reason::DropBadMagic => "drop_bad_magic",
-            Reason::DropBadVersion => "drop_bad_version",
-            Reason::DropBadReserved => "drop_bad_reserved",
-            Reason::DropBadKind => "drop_bad_kind",
-            Reason::DropLengthMismatch => "drop_length_mismatch",
-            Reason::DropBadL3 => "drop_bad_l3",
-            Reason::DropDenied => "drop_denied",
-            Reason::DropRateLimited => "drop_rate_limited",
-        }
-    }
-
     /// The enumerator's name in `mesh_wire.h`.
     pub fn c_name(self) -> String {
         format!("MESH_{}", self.as_str().to_ascii_uppercase())
@@ -139,21 +102,19 @@ pub enum AttachPolicy {
     NativeOrGeneric,
 }
 
-/// The mode the program actually runs in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpMode {
-    /// In the driver, before any skb is built.
-    Native,
-    /// Generic (SKB) mode.
-    Generic,
+mesh_types::labels! {
+    /// The mode the program actually runs in (`mesh.xdp.mode`).
+    pub enum XdpMode {
+        /// In the driver, before any skb is built.
+        Native = 0 => "native",
+        /// Generic (SKB) mode.
+        Generic = 1 => "generic",
+    }
 }
 
 impl std::fmt::Display for XdpMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        })
+        f.write_str(self.as_str())
     }
 }
 

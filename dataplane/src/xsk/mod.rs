@@ -87,13 +87,15 @@ pub enum ZeroCopy {
     Off,
 }
 
-/// The bind mode obtained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BindMode {
-    /// Frames DMA'd straight into the UMEM.
-    ZeroCopy,
-    /// The kernel copies frames into the UMEM.
-    Copy,
+mesh_types::labels! {
+    /// The bind mode obtained (`mesh.xsk.bind_mode`; `Display` is the log
+    /// form, `zero-copy`).
+    pub enum BindMode {
+        /// Frames DMA'd straight into the UMEM.
+        ZeroCopy = 0 => "zero_copy",
+        /// The kernel copies frames into the UMEM.
+        Copy = 1 => "copy",
+    }
 }
 
 impl std::fmt::Display for BindMode {

@@ -22,6 +22,7 @@ pub mod api;
 pub mod book;
 pub mod config;
 pub mod enroll;
+pub mod enroll;
 pub mod frames;
 pub mod metrics;
 pub mod node;

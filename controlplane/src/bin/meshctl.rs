@@ -7,14 +7,19 @@
 //! meshctl subscribe TOPIC [--count N]
 //! meshctl deny IP | allow IP      (XDP backend)
 //! meshctl rate PPS BURST          (XDP backend)
-//! meshctl ca init DIR
-//! meshctl ca issue --ca DIR --node-id HEX --out node.crt
+//! meshctl ca init --dir DIR        (or `meshctl ca init DIR`)
+//! meshctl enroll --ca-dir DIR --key node.key --cert node.crt [--days N]
+//! meshctl ca issue --ca DIR --node-id HEX --out node.crt [--days N]
 //! ```
+//!
+//! `ca init`, `enroll` and `ca issue` work offline (see `controlplane::enroll`).
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use controlplane::enroll::{self, CaDir};
 
 /// Client for the meshd agent API.
 #[derive(Parser, Debug)]
@@ -62,6 +67,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CaCmd,
     },
+    /// Enroll a node (offline): create its key if absent, write the CA's certificate for it.
+    Enroll {
+        /// CA directory (`meshctl ca init`).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The node's key file (`node.key_file`); created with mode 0600 if absent, never
+        /// replaced.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the node's certificate (`tls.cert`); an older one is replaced.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Validity of the certificate in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
     /// Print messages on TOPIC as they arrive, one JSON object per line.
     Subscribe {
         /// Topic.
@@ -77,13 +98,17 @@ enum CaCmd {
     /// Create a mesh CA in DIR (ca.crt, and ca.key with mode 0600).
     Init {
         /// Directory for the CA files (must not hold a CA yet).
-        dir: std::path::PathBuf,
+        #[arg(value_name = "DIR", required_unless_present = "dir")]
+        path: Option<PathBuf>,
+        /// The same, as an option.
+        #[arg(long, conflicts_with = "path")]
+        dir: Option<PathBuf>,
     },
     /// Issue a node certificate for a node id (`meshd --print-node-id`).
     Issue {
         /// CA directory.
         #[arg(long)]
-        ca: std::path::PathBuf,
+        ca: PathBuf,
         /// The node's id: its Ed25519 public key, 64 hex characters.
         #[arg(long)]
         node_id: String,
@@ -92,18 +117,19 @@ enum CaCmd {
         days: u64,
         /// Where to write the certificate (PEM).
         #[arg(long)]
-        out: std::path::PathBuf,
+        out: PathBuf,
     },
 }
 
 fn ca(cmd: CaCmd) -> anyhow::Result<()> {
     match cmd {
-        CaCmd::Init { dir } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let ca = mesh_transport::MeshCa::generate().context("generating the CA key")?;
-            ca.save(&dir)
-                .with_context(|| format!("saving the CA in {}", dir.display()))?;
-            println!("mesh CA written to {}", dir.display());
+        CaCmd::Init { path, dir } => {
+            let dir = dir.or(path).context("give the CA directory (--dir DIR)")?;
+            let ca = CaDir::init(&dir)?;
+            println!(
+                "mesh CA written to {} (ca.crt for the nodes; keep ca.key, mode 0600, offline)",
+                ca.dir().display()
+            );
         }
         CaCmd::Issue {
             ca,
@@ -114,16 +140,7 @@ fn ca(cmd: CaCmd) -> anyhow::Result<()> {
             let mut key = [0u8; 32];
             hex::decode_to_slice(node_id.trim(), &mut key)
                 .context("--node-id must be 64 hex characters (meshd --print-node-id)")?;
-            let ca = mesh_transport::MeshCa::load(&ca)
-                .with_context(|| format!("loading the CA from {}", ca.display()))?;
-            let cert = ca
-                .issue(
-                    key,
-                    std::time::Duration::from_secs(days.saturating_mul(86_400)),
-                )
-                .context("issuing the certificate")?;
-            std::fs::write(&out, mesh_transport::ca::cert_to_pem(&cert))
-                .with_context(|| format!("writing {}", out.display()))?;
+            CaDir::open(&ca)?.issue(key, &out, enroll::validity_days(days)?)?;
             println!(
                 "certificate for {} written to {}",
                 node_id.trim(),
@@ -131,6 +148,19 @@ fn ca(cmd: CaCmd) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn enroll_node(ca_dir: &Path, key: &Path, cert: &Path, days: u64) -> anyhow::Result<()> {
+    let e = CaDir::open(ca_dir)?.enroll(key, cert, enroll::validity_days(days)?)?;
+    println!("node {}", e.node_id_hex());
+    println!(
+        "  key  {} ({})",
+        e.key.display(),
+        if e.key_created { "created" } else { "kept" }
+    );
+    println!("  cert {} (valid {days} days)", e.cert.display());
+    println!("config lines for this node:\n{}", e.config_snippet());
     Ok(())
 }
 
@@ -145,6 +175,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let args = match args.cmd {
         Cmd::Ca { cmd } => return ca(cmd),
+        Cmd::Enroll {
+            ca_dir,
+            key,
+            cert,
+            days,
+        } => return enroll_node(&ca_dir, &key, &cert, days),
         _ => args,
     };
     let base = format!("http://{}", args.api);
@@ -174,7 +210,7 @@ fn main() -> anyhow::Result<()> {
                 Err(e) => return Err(e).context("POST /v1/publish"),
             }
         }
-        Cmd::Ca { .. } => unreachable!("handled above"),
+        Cmd::Ca { .. } | Cmd::Enroll { .. } => unreachable!("handled above"),
         Cmd::Rate { pps, burst } => {
             match ureq::post(&format!("{base}/v1/rate"))
                 .send_json(serde_json::json!({ "pps": pps, "burst": burst }))

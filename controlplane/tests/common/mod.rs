@@ -1,13 +1,19 @@
-//! Shared helpers of the namespace tests: uniquely named network namespaces
-//! removed on drop, daemons stopped on drop, `meshctl` inside a namespace.
+//! Shared helpers of the integration tests: the one node config every test starts from
+//! ([`member_config`]: enrolled by a test mesh CA, on the protocol cores with mutual TLS),
+//! uniquely named network namespaces removed on drop, daemons stopped on drop, `meshctl`
+//! inside a namespace.
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use controlplane::config::Config;
+use controlplane::enroll::{CaDir, DEFAULT_VALIDITY};
 
 /// Makes namespace names unique within the process.
 static N: AtomicU32 = AtomicU32::new(0);
@@ -192,37 +198,6 @@ pub async fn wait_balanced(n: &controlplane::node::NodeHandle, who: &str) {
     }
 }
 
-/// `[tls]` and `[overlay]` sections that put a node on the protocol cores:
-/// issues a certificate from `ca` (whose PEM is at `ca_pem`) for the key at
-/// `dir/{name}.key` (created if missing). Fast SWIM periods for tests.
-pub fn hyparview_sections(
-    dir: &std::path::Path,
-    name: &str,
-    ca: &mesh_transport::MeshCa,
-    ca_pem: &std::path::Path,
-    expected: usize,
-) -> String {
-    let key = dir.join(format!("{name}.key"));
-    let (id, _) = dataplane::identity::Identity::load_or_create(&key).expect("node key");
-    let cert = write_cert(dir, name, id.node_id().0, ca);
-    format!(
-        r#"
-[tls]
-enabled = true
-ca_cert = "{ca}"
-cert = "{cert}"
-
-[overlay]
-mode = "hyparview"
-expected_size = {expected}
-probe_interval_ms = 200
-probe_timeout_ms = 100
-"#,
-        ca = ca_pem.display(),
-        cert = cert.display(),
-    )
-}
-
 /// Starts `meshctl subscribe TOPIC --count N` in the node's namespace.
 pub fn collect(ns: &Ns, topic: &str, count: usize) -> Child {
     ns.cmd(env!("CARGO_BIN_EXE_meshctl"))
@@ -243,15 +218,18 @@ pub fn collect(ns: &Ns, topic: &str, count: usize) -> Child {
 /// the message ids it printed.
 pub fn finish(sub: Child, limit: Duration) -> std::collections::HashSet<String> {
     let pid = sub.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
     let guard = std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        // SAFETY: kill(2) on a child of ours that may already be gone.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
+        if finished.recv_timeout(limit).is_err() {
+            // SAFETY: kill(2) on our child, still running (not yet reaped) at the deadline.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
         }
     });
     let out = sub.wait_with_output().expect("subscriber");
-    drop(guard);
+    let _ = done.send(());
+    let _ = guard.join();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -259,43 +237,55 @@ pub fn finish(sub: Child, limit: Duration) -> std::collections::HashSet<String> 
         .collect()
 }
 
-/// Issues `ca`'s certificate (one hour) for `node_id` into `dir/{name}.crt`.
-pub fn write_cert(
-    dir: &std::path::Path,
-    name: &str,
-    node_id: [u8; 32],
-    ca: &mesh_transport::MeshCa,
-) -> std::path::PathBuf {
-    let der = ca.issue(node_id, Duration::from_secs(3600)).expect("issue");
-    let cert = dir.join(format!("{name}.crt"));
-    std::fs::write(&cert, mesh_transport::ca::cert_to_pem(&der)).expect("write cert");
-    cert
+/// A new mesh CA in `dir/name` (`ca.crt`, `ca.key`), as `meshctl ca init` makes it.
+pub fn mesh_ca(dir: &Path, name: &str) -> CaDir {
+    CaDir::init(&dir.join(name)).expect("mesh CA")
 }
 
-/// A member's files: the key for `seed` in `dir/{name}.key` (mode 0600) and
-/// `ca`'s certificate for it. Returns `(key, cert)`.
-/// An in-process member's config: key and CA-issued certificate written to `dir` (from
-/// `seed`, files named after `name`), mesh address `listen`, agent API on an ephemeral
-/// loopback port, `bootstrap` seeds, mutual TLS on.
+/// The one config every test node starts from (in process, or written to a file for a
+/// `meshd` with [`write_config`]): enrolled by `ca` as `meshctl enroll` does (key
+/// `dir/{name}.key`, created if absent, and certificate `dir/{name}.crt`), on the protocol
+/// cores over mutual TLS, mesh address `listen`, agent API on an ephemeral loopback port,
+/// `bootstrap` seeds, partial views sized for `expected` nodes, fast SWIM periods (a
+/// crash is declared in seconds).
 pub fn member_config(
+    ca: &CaDir,
     dir: &Path,
     name: &str,
-    seed: [u8; 32],
-    ca: &mesh_transport::MeshCa,
-    ca_pem: &Path,
-    listen: std::net::SocketAddr,
-    bootstrap: Vec<std::net::SocketAddr>,
-) -> controlplane::config::Config {
-    let (key, cert) = write_member(dir, name, seed, ca);
-    let mut c = controlplane::config::Config::default();
-    c.node.key_file = key;
+    listen: SocketAddr,
+    bootstrap: Vec<SocketAddr>,
+    expected: u64,
+) -> Config {
+    let node = ca
+        .enroll(
+            &dir.join(format!("{name}.key")),
+            &dir.join(format!("{name}.crt")),
+            DEFAULT_VALIDITY,
+        )
+        .expect("enroll");
+    let mut c = Config::default();
+    node.apply(&mut c);
     c.node.listen = listen;
     c.node.api_listen = "127.0.0.1:0".parse().unwrap();
     c.node.bootstrap = bootstrap;
-    c.tls.enabled = true;
-    c.tls.ca_cert = ca_pem.to_owned();
-    c.tls.cert = cert;
+    c.overlay.expected_size = expected;
+    c.overlay.probe_interval_ms = 200;
+    c.overlay.probe_timeout_ms = 100;
     c
+}
+
+/// Writes `cfg` as TOML to `dir/{name}.toml` (for a `meshd --config`); returns the path.
+pub fn write_config(dir: &Path, name: &str, cfg: &Config) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(cfg).expect("config as TOML")).expect("write config");
+    path
+}
+
+/// The signing identity of the node configured by `cfg` (its key file).
+pub fn identity(cfg: &Config) -> dataplane::identity::Identity {
+    dataplane::identity::Identity::load_or_create(&cfg.node.key_file)
+        .expect("node key")
+        .0
 }
 
 /// Polls `f` every 100 ms until it holds; fails after `limit` with `what` and `logs()`.
@@ -311,16 +301,22 @@ pub fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool, logs: &dyn
     }
 }
 
-pub fn write_member(
-    dir: &std::path::Path,
-    name: &str,
-    seed: [u8; 32],
-    ca: &mesh_transport::MeshCa,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&key, format!("{}\n", hex::encode(seed))).expect("write key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
-    let id = dataplane::identity::Identity::from_seed(seed).node_id().0;
-    (key.clone(), write_cert(dir, name, id, ca))
+/// A node's status as the API serves it (JSON), `Null` once it is gone.
+pub async fn status_json(n: &controlplane::node::NodeHandle) -> serde_json::Value {
+    match n.status().await {
+        Some(st) => serde_json::to_value(st).expect("status as JSON"),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// Polls the async `f` every 25 ms until it holds; fails after `limit` naming `what`.
+pub async fn wait_async<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
+    let t0 = Instant::now();
+    while !f().await {
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

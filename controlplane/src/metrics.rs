@@ -1,19 +1,39 @@
-//! Metrics, named as in the Weaver registry under `registry/`.
+//! Metrics, defined once: in the Weaver registry under `registry/`.
 //!
-//! Every metric is registered here under its registry name converted with
-//! [`prometheus_name`]; a test checks that the set exported equals the set
-//! the registry defines, in both directions. The fast-path tile keeps plain
-//! counters and publishes them to atomics; [`Metrics::refresh`] folds them in
-//! at scrape time.
+//! `build.rs` turns `registry/*.yaml` into [`registry`]: a [`MetricDef`] per metric (name,
+//! instrument, unit, brief, attributes), an [`AttributeDef`] per attribute, and a
+//! [`mesh_types::labels!`] enum per enum attribute ([`label`]: variants, `ALL`, `COUNT`,
+//! `as_str`). Both exports read that one table. The Prometheus endpoint registers every field of
+//! [`Metrics`] from its `MetricDef`: the name through [`prometheus_name`], HELP is the brief, the
+//! label names come through [`label_name`], and a series for every enum member exists from the
+//! start. The OTLP export ([`crate::otlp`]) builds one instrument per entry of
+//! [`registry::metric::METRICS`], under the registry name. A field naming a metric the registry
+//! does not define fails the build (the constant does not exist), and so does a field whose
+//! Prometheus type does not fit the registry instrument and attribute count. A registry metric
+//! that no field exports fails the `every_registry_metric_is_exported` test.
+//!
+//! The fast-path tile keeps plain counters and publishes them to atomics; [`Metrics::refresh`]
+//! folds them in at scrape time.
 
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use dataplane::pipeline::DropReason;
 use dataplane::tile::TileStats;
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+/// The tables generated from `registry/*.yaml` by `build.rs`: [`registry::attr`] (one
+/// [`AttributeDef`] per attribute), [`registry::metric`] (one [`MetricDef`] per metric, and
+/// `METRICS`) and [`registry::label`] (one `labels!` enum per enum attribute).
+pub mod registry {
+    include!(concat!(env!("OUT_DIR"), "/registry.rs"));
+}
+
+pub use registry::label;
+use registry::metric;
 
 /// Registry instrument kinds we use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +44,51 @@ pub enum Instrument {
     Gauge,
     /// Distribution.
     Histogram,
+}
+
+/// One attribute of the registry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AttributeDef {
+    /// Registry id (the OTLP attribute key), e.g. `mesh.drop.reason`.
+    pub id: &'static str,
+    /// Registry brief.
+    pub brief: &'static str,
+    /// Enum member values in registry order; empty for a string attribute.
+    pub members: &'static [&'static str],
+}
+
+impl AttributeDef {
+    /// The Prometheus label name ([`label_name`] of the id).
+    pub fn label_name(&self) -> String {
+        label_name(self.id)
+    }
+}
+
+/// One metric of the registry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MetricDef {
+    /// Registry (and OTLP) name, e.g. `mesh.dataplane.packets.received`.
+    pub name: &'static str,
+    /// Instrument kind.
+    pub instrument: Instrument,
+    /// UCUM unit.
+    pub unit: &'static str,
+    /// Registry brief: the Prometheus HELP text and the OTLP description.
+    pub brief: &'static str,
+    /// Attributes, in registry order.
+    pub attributes: &'static [&'static AttributeDef],
+}
+
+impl MetricDef {
+    /// The name the Prometheus endpoint uses ([`prometheus_name`]).
+    pub fn prometheus_name(&self) -> String {
+        prometheus_name(self.name, self.instrument, self.unit)
+    }
+
+    /// The Prometheus label names, in registry order.
+    pub fn label_names(&self) -> Vec<String> {
+        self.attributes.iter().map(|a| a.label_name()).collect()
+    }
 }
 
 /// Converts a registry metric name to its Prometheus name: dots become
@@ -44,29 +109,138 @@ pub fn label_name(attribute: &str) -> String {
     attribute.replace('.', "_")
 }
 
-/// `mesh.message.kind` values by kind byte.
-pub const KIND_NAMES: [&str; 8] = [
-    "unknown",
-    "data",
-    "join",
-    "peer_list",
-    "ihave",
-    "iwant",
-    "leave",
-    "unknown",
+/// The wire kind byte a `mesh.message.kind` member counts (the index into
+/// [`TileStats::accepted`]).
+pub const fn wire_kind(kind: label::MessageKind) -> usize {
+    match kind {
+        label::MessageKind::Data => dataplane::wire::Kind::Data as usize,
+    }
+}
+
+/// Every `as_str` of a `labels!` enum, in value order, as a constant array.
+macro_rules! label_names {
+    ($e:ty) => {{
+        let mut out = [""; <$e>::COUNT];
+        let mut i = 0;
+        while i < <$e>::COUNT {
+            out[i] = <$e>::ALL[i].as_str();
+            i += 1;
+        }
+        out
+    }};
+}
+
+// retired: remove once node/ stops using it (use `label::MemberStatus`).
+/// `mesh.member.status` values, in `mesh_protocol::Status` order.
+pub const MEMBER_STATUSES: [&str; label::MemberStatus::COUNT] = label_names!(label::MemberStatus);
+/// Buckets (seconds) of a histogram with unit `s`.
+const SECONDS_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// `mesh.overlay.view` values.
-pub const OVERLAY_VIEWS: [&str; 4] = ["active", "passive", "eager", "lazy"];
-/// `mesh.member.status` values, in `mesh_protocol::Status` order.
-pub const MEMBER_STATUSES: [&str; 4] = ["alive", "suspect", "dead", "left"];
-/// `mesh.overlay.frame.outcome` values.
-pub const FRAME_OUTCOMES: [&str; 4] = ["sent", "received", "invalid", "unsent"];
+/// A Prometheus type a registry metric can be exported as.
+trait Family: Collector + Clone + Sized + 'static {
+    /// The registry instrument it fits.
+    const INSTRUMENT: Instrument;
+    /// How many attributes (labels) it carries.
+    const LABELS: usize;
+    /// Creates it from its definition, with a series for every enum member (or `none` for a
+    /// string attribute) so the exported set is the same on every node from the start.
+    fn build(def: &MetricDef) -> prometheus::Result<Self>;
+}
 
-/// `mesh.xdp.mode` values.
-pub const XDP_MODES: [&str; 2] = ["native", "generic"];
-/// `mesh.xsk.bind_mode` values.
-pub const XSK_BIND_MODES: [&str; 2] = ["zero_copy", "copy"];
+fn opts(def: &MetricDef) -> Opts {
+    Opts::new(def.prometheus_name(), def.brief)
+}
+
+/// The label values a labelled family starts with.
+fn initial_series(def: &MetricDef) -> &'static [&'static str] {
+    match def.attributes.first() {
+        Some(a) if !a.members.is_empty() => a.members,
+        _ => &["none"],
+    }
+}
+
+impl Family for IntCounter {
+    const INSTRUMENT: Instrument = Instrument::Counter;
+    const LABELS: usize = 0;
+    fn build(def: &MetricDef) -> prometheus::Result<Self> {
+        IntCounter::with_opts(opts(def))
+    }
+}
+
+impl Family for IntGauge {
+    const INSTRUMENT: Instrument = Instrument::Gauge;
+    const LABELS: usize = 0;
+    fn build(def: &MetricDef) -> prometheus::Result<Self> {
+        IntGauge::with_opts(opts(def))
+    }
+}
+
+impl Family for IntCounterVec {
+    const INSTRUMENT: Instrument = Instrument::Counter;
+    const LABELS: usize = 1;
+    fn build(def: &MetricDef) -> prometheus::Result<Self> {
+        let labels = def.label_names();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let c = IntCounterVec::new(opts(def), &labels)?;
+        for v in initial_series(def) {
+            c.with_label_values(&[v]);
+        }
+        Ok(c)
+    }
+}
+
+impl Family for IntGaugeVec {
+    const INSTRUMENT: Instrument = Instrument::Gauge;
+    const LABELS: usize = 1;
+    fn build(def: &MetricDef) -> prometheus::Result<Self> {
+        let labels = def.label_names();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let g = IntGaugeVec::new(opts(def), &labels)?;
+        for v in initial_series(def) {
+            g.with_label_values(&[v]);
+        }
+        Ok(g)
+    }
+}
+
+impl Family for Histogram {
+    const INSTRUMENT: Instrument = Instrument::Histogram;
+    const LABELS: usize = 0;
+    fn build(def: &MetricDef) -> prometheus::Result<Self> {
+        let mut o = HistogramOpts::new(def.prometheus_name(), def.brief);
+        if def.unit == "s" {
+            o = o.buckets(SECONDS_BUCKETS.to_vec());
+        }
+        Histogram::with_opts(o)
+    }
+}
+
+/// `def`, if a `F` can export it (evaluated at compile time by [`bind!`]).
+const fn fits<F: Family>(def: &'static MetricDef) -> &'static MetricDef {
+    if def.instrument as u8 != F::INSTRUMENT as u8 {
+        panic!("the registry instrument of this metric differs from its field's type");
+    }
+    if def.attributes.len() != F::LABELS {
+        panic!("the registry attributes of this metric do not fit its field's type");
+    }
+    def
+}
+
+fn register<F: Family>(reg: &Registry, def: &MetricDef) -> prometheus::Result<F> {
+    let m = F::build(def)?;
+    reg.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+/// Registers registry metric `metric::$def` in `$reg` as a `$ty`; that the registry defines it,
+/// with an instrument and attributes a `$ty` can carry, is checked at compile time.
+macro_rules! bind {
+    ($reg:expr, $ty:ty, $def:ident) => {
+        register::<$ty>($reg, const { fits::<$ty>(&metric::$def) })
+    };
+}
 
 /// Every metric of a node.
 pub struct Metrics {
@@ -79,31 +253,30 @@ pub struct Metrics {
     transmit_failed: IntCounter,
     dedup_evicted: IntCounter,
     batches: IntCounter,
+    /// Repaired messages the control plane handed to the fast path's pipeline (to be folded in
+    /// from the tiles by [`Metrics::refresh`] once `TileStats` counts them).
+    pub repairs: IntCounter,
     /// Data messages delivered to local agents.
     pub delivered: IntCounter,
     /// Data messages published by local agents.
     pub published: IntCounter,
     /// Origin-to-delivery latency.
     pub latency: Histogram,
-    /// Message ids asked for with IWANT.
+    /// Message ids asked for in repair.
     pub repair_requested: IntCounter,
-    /// Messages sent in answer to IWANT.
+    /// Messages sent in answer to repair requests.
     pub repair_served: IntCounter,
-    /// Control payloads that failed to decode.
-    pub control_invalid: IntCounter,
     /// Messages held for repair.
     pub store_messages: IntGauge,
-    /// Peers by state.
-    pub peers: IntGaugeVec,
     /// Open subscriptions.
     pub subscribers: IntGauge,
     /// 1 while this node is cut off from the mesh.
     pub partitioned: IntGauge,
     /// Messages a slow subscriber missed.
     pub lagged: IntCounter,
-    /// Overlay view sizes by view.
+    /// Overlay view sizes by view ([`label::OverlayView`]).
     pub overlay_view: IntGaugeVec,
-    /// Member table by status.
+    /// Member table by status ([`label::MemberStatus`]).
     pub members: IntGaugeVec,
     /// SWIM probes started.
     pub probes: IntCounter,
@@ -129,16 +302,16 @@ pub struct Metrics {
     pub tree_roots_lost: IntCounter,
     /// Rooted tree: hops from the root.
     pub tree_depth: IntGauge,
-    /// Overlay frames by outcome.
+    /// Overlay frames by outcome ([`label::OverlayFrameOutcome`]).
     pub overlay_frames: IntCounterVec,
     xdp_packets: IntCounterVec,
     verify_batches: IntCounterVec,
     verify_signatures: IntCounterVec,
     verify_failures: IntCounterVec,
     verify_queue_full: IntCounterVec,
-    /// 1 for the XDP attach mode in use, by mode.
+    /// 1 for the XDP attach mode in use, by mode ([`label::XdpMode`]).
     pub xdp_attached: IntGaugeVec,
-    /// AF_XDP sockets by bind mode.
+    /// AF_XDP sockets by bind mode ([`label::XskBindMode`]).
     pub xsk_sockets: IntGaugeVec,
     last: Mutex<Snapshot>,
     /// The OTLP twin of `latency`, when OTLP export is on.
@@ -149,7 +322,7 @@ pub struct Metrics {
 struct Snapshot {
     received: u64,
     dropped: [u64; DropReason::COUNT],
-    accepted: [u64; 8],
+    accepted: [u64; label::MessageKind::COUNT],
     forwarded: u64,
     tx_failed: u64,
     evicted: u64,
@@ -157,307 +330,58 @@ struct Snapshot {
     xdp: [u64; dataplane::xdp::Reason::COUNT],
 }
 
-fn counter(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
-    let c = IntCounter::with_opts(Opts::new(
-        prometheus_name(name, Instrument::Counter, "1"),
-        help,
-    ))?;
-    reg.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
-fn counter_vec(
-    reg: &Registry,
-    name: &str,
-    help: &str,
-    label: &str,
-) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(
-        Opts::new(prometheus_name(name, Instrument::Counter, "1"), help),
-        &[&label_name(label)],
-    )?;
-    reg.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
-fn gauge_vec(
-    reg: &Registry,
-    name: &str,
-    help: &str,
-    label: &str,
-) -> prometheus::Result<IntGaugeVec> {
-    let g = IntGaugeVec::new(
-        Opts::new(prometheus_name(name, Instrument::Gauge, "1"), help),
-        &[&label_name(label)],
-    )?;
-    reg.register(Box::new(g.clone()))?;
-    Ok(g)
-}
-
-fn gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
-    let g = IntGauge::with_opts(Opts::new(
-        prometheus_name(name, Instrument::Gauge, "1"),
-        help,
-    ))?;
-    reg.register(Box::new(g.clone()))?;
-    Ok(g)
-}
-
 impl Metrics {
+    /// The registry entry of the histogram [`Metrics::observe_latency`] feeds.
+    pub const LATENCY: &'static MetricDef = &metric::MESH_GOSSIP_DISSEMINATION_LATENCY;
+
     /// Registers every metric in a fresh registry.
     pub fn new() -> prometheus::Result<Metrics> {
-        let r = Registry::new();
-        let peers = IntGaugeVec::new(
-            Opts::new(
-                prometheus_name("mesh.peers", Instrument::Gauge, "{peer}"),
-                "Peers by state.",
-            ),
-            &[&label_name("mesh.peer.state")],
-        )?;
-        r.register(Box::new(peers.clone()))?;
-        let latency = Histogram::with_opts(
-            HistogramOpts::new(
-                prometheus_name(
-                    "mesh.gossip.dissemination.latency",
-                    Instrument::Histogram,
-                    "s",
-                ),
-                "Time from the origin's timestamp to local delivery.",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0,
-            ]),
-        )?;
-        r.register(Box::new(latency.clone()))?;
-        let m = Metrics {
-            packets_received: counter(
-                &r,
-                "mesh.dataplane.packets.received",
-                "Datagrams received by the fast path.",
-            )?,
-            packets_dropped: counter_vec(
-                &r,
-                "mesh.dataplane.packets.dropped",
-                "Datagrams dropped by the fast path, by reason.",
-                "mesh.drop.reason",
-            )?,
-            messages_accepted: counter_vec(
-                &r,
-                "mesh.dataplane.messages.accepted",
-                "Messages that passed every fast-path stage, by kind.",
-                "mesh.message.kind",
-            )?,
-            messages_forwarded: counter(
-                &r,
-                "mesh.dataplane.messages.forwarded",
-                "Data messages forwarded to peers (one per destination).",
-            )?,
-            transmit_failed: counter(
-                &r,
-                "mesh.dataplane.transmit.failed",
-                "Datagrams the kernel refused to send.",
-            )?,
-            dedup_evicted: counter(
-                &r,
-                "mesh.dataplane.dedup.evicted",
-                "Seen-cache entries evicted before expiry.",
-            )?,
-            batches: counter(&r, "mesh.dataplane.batches", "Receive batches processed.")?,
-            delivered: counter(
-                &r,
-                "mesh.gossip.messages.delivered",
-                "Data messages from the mesh delivered to local agents.",
-            )?,
-            published: counter(
-                &r,
-                "mesh.gossip.messages.published",
-                "Data messages published by local agents.",
-            )?,
-            latency,
-            repair_requested: counter(
-                &r,
-                "mesh.gossip.repair.requested",
-                "Message ids asked for in anti-entropy.",
-            )?,
-            repair_served: counter(
-                &r,
-                "mesh.gossip.repair.served",
-                "Messages sent in answer to anti-entropy requests.",
-            )?,
-            control_invalid: counter(
-                &r,
-                "mesh.gossip.control.invalid",
-                "Signed control messages whose payload failed to decode.",
-            )?,
-            store_messages: gauge(
-                &r,
-                "mesh.gossip.store.messages",
-                "Messages held for anti-entropy repair.",
-            )?,
-            peers,
-            subscribers: gauge(&r, "mesh.agent.subscribers", "Open agent subscriptions.")?,
-            partitioned: gauge(
-                &r,
-                "mesh.partition.detected",
-                "1 while this node reaches fewer than n - f of the n members it knows.",
-            )?,
-            lagged: counter(
-                &r,
-                "mesh.agent.messages.lagged",
-                "Messages a slow subscriber missed.",
-            )?,
-            overlay_view: gauge_vec(
-                &r,
-                "mesh.overlay.view.size",
-                "Partial-view sizes by view.",
-                "mesh.overlay.view",
-            )?,
-            members: gauge_vec(
-                &r,
-                "mesh.membership.members",
-                "Members in the member table by status.",
-                "mesh.member.status",
-            )?,
-            probes: counter(&r, "mesh.membership.probes", "SWIM probes started.")?,
-            suspicions: counter(
-                &r,
-                "mesh.membership.suspicions",
-                "Suspicions raised after a failed probe.",
-            )?,
-            declared_dead: counter(
-                &r,
-                "mesh.membership.declared_dead",
-                "Members declared dead after their suspicion timed out.",
-            )?,
-            refutations: counter(
-                &r,
-                "mesh.membership.refutations",
-                "Suspicions about this node that it refuted.",
-            )?,
-            confirmations: counter(
-                &r,
-                "mesh.membership.confirmations",
-                "Suspicions shortened by an independent confirmation.",
-            )?,
-            missed_nacks: counter(
-                &r,
-                "mesh.membership.missed_nacks",
-                "Indirect probes that brought neither an ack nor a nack.",
-            )?,
-            local_health: gauge(
-                &r,
-                "mesh.membership.local_health",
-                "Lifeguard local health multiplier (0 healthy).",
-            )?,
-            prunes: counter(&r, "mesh.gossip.tree.prunes", "Plumtree prunes sent.")?,
-            grafts: counter(&r, "mesh.gossip.tree.grafts", "Plumtree grafts sent.")?,
-            tree_parent_changes: counter(
-                &r,
-                "mesh.gossip.tree.parent_changes",
-                "Rooted tree: times this node's parent changed.",
-            )?,
-            tree_roots_lost: counter(
-                &r,
-                "mesh.gossip.tree.roots_lost",
-                "Rooted tree: times this node presumed its root lost.",
-            )?,
-            tree_depth: gauge(
-                &r,
-                "mesh.gossip.tree.depth",
-                "Rooted tree: this node's hops from the root.",
-            )?,
-            overlay_frames: counter_vec(
-                &r,
-                "mesh.overlay.frames",
-                "Protocol-core control frames by outcome.",
-                "mesh.overlay.frame.outcome",
-            )?,
-            xdp_packets: counter_vec(
-                &r,
-                "mesh.xdp.packets",
-                "Packets seen by the XDP filter, by verdict and reason.",
-                "mesh.xdp.reason",
-            )?,
-            verify_batches: counter_vec(
-                &r,
-                "mesh.verify.batches",
-                "Batches verified by a verify worker.",
-                "mesh.verify.worker",
-            )?,
-            verify_signatures: counter_vec(
-                &r,
-                "mesh.verify.signatures",
-                "Signatures verified by a verify worker.",
-                "mesh.verify.worker",
-            )?,
-            verify_failures: counter_vec(
-                &r,
-                "mesh.verify.failures",
-                "Signatures a verify worker found invalid.",
-                "mesh.verify.worker",
-            )?,
-            verify_queue_full: counter_vec(
-                &r,
-                "mesh.verify.queue_full",
-                "Batches dropped because every verify queue was full.",
-                "mesh.verify.worker",
-            )?,
-            xdp_attached: gauge_vec(
-                &r,
-                "mesh.xdp.attached",
-                "1 for the XDP attach mode in use (0 on the UDP backend).",
-                "mesh.xdp.mode",
-            )?,
-            xsk_sockets: gauge_vec(
-                &r,
-                "mesh.xsk.sockets",
-                "AF_XDP sockets by bind mode.",
-                "mesh.xsk.bind_mode",
-            )?,
+        let reg = Registry::new();
+        let r = &reg;
+        Ok(Metrics {
+            packets_received: bind!(r, IntCounter, MESH_DATAPLANE_PACKETS_RECEIVED)?,
+            packets_dropped: bind!(r, IntCounterVec, MESH_DATAPLANE_PACKETS_DROPPED)?,
+            messages_accepted: bind!(r, IntCounterVec, MESH_DATAPLANE_MESSAGES_ACCEPTED)?,
+            messages_forwarded: bind!(r, IntCounter, MESH_DATAPLANE_MESSAGES_FORWARDED)?,
+            transmit_failed: bind!(r, IntCounter, MESH_DATAPLANE_TRANSMIT_FAILED)?,
+            dedup_evicted: bind!(r, IntCounter, MESH_DATAPLANE_DEDUP_EVICTED)?,
+            batches: bind!(r, IntCounter, MESH_DATAPLANE_BATCHES)?,
+            repairs: bind!(r, IntCounter, MESH_DATAPLANE_REPAIRS_RECEIVED)?,
+            delivered: bind!(r, IntCounter, MESH_GOSSIP_MESSAGES_DELIVERED)?,
+            published: bind!(r, IntCounter, MESH_GOSSIP_MESSAGES_PUBLISHED)?,
+            latency: bind!(r, Histogram, MESH_GOSSIP_DISSEMINATION_LATENCY)?,
+            repair_requested: bind!(r, IntCounter, MESH_GOSSIP_REPAIR_REQUESTED)?,
+            repair_served: bind!(r, IntCounter, MESH_GOSSIP_REPAIR_SERVED)?,
+            store_messages: bind!(r, IntGauge, MESH_GOSSIP_STORE_MESSAGES)?,
+            subscribers: bind!(r, IntGauge, MESH_AGENT_SUBSCRIBERS)?,
+            partitioned: bind!(r, IntGauge, MESH_PARTITION_DETECTED)?,
+            lagged: bind!(r, IntCounter, MESH_AGENT_MESSAGES_LAGGED)?,
+            overlay_view: bind!(r, IntGaugeVec, MESH_OVERLAY_VIEW_SIZE)?,
+            members: bind!(r, IntGaugeVec, MESH_MEMBERSHIP_MEMBERS)?,
+            probes: bind!(r, IntCounter, MESH_MEMBERSHIP_PROBES)?,
+            suspicions: bind!(r, IntCounter, MESH_MEMBERSHIP_SUSPICIONS)?,
+            declared_dead: bind!(r, IntCounter, MESH_MEMBERSHIP_DECLARED_DEAD)?,
+            refutations: bind!(r, IntCounter, MESH_MEMBERSHIP_REFUTATIONS)?,
+            confirmations: bind!(r, IntCounter, MESH_MEMBERSHIP_CONFIRMATIONS)?,
+            missed_nacks: bind!(r, IntCounter, MESH_MEMBERSHIP_MISSED_NACKS)?,
+            local_health: bind!(r, IntGauge, MESH_MEMBERSHIP_LOCAL_HEALTH)?,
+            prunes: bind!(r, IntCounter, MESH_GOSSIP_TREE_PRUNES)?,
+            grafts: bind!(r, IntCounter, MESH_GOSSIP_TREE_GRAFTS)?,
+            tree_parent_changes: bind!(r, IntCounter, MESH_GOSSIP_TREE_PARENT_CHANGES)?,
+            tree_roots_lost: bind!(r, IntCounter, MESH_GOSSIP_TREE_ROOTS_LOST)?,
+            tree_depth: bind!(r, IntGauge, MESH_GOSSIP_TREE_DEPTH)?,
+            overlay_frames: bind!(r, IntCounterVec, MESH_OVERLAY_FRAMES)?,
+            xdp_packets: bind!(r, IntCounterVec, MESH_XDP_PACKETS)?,
+            verify_batches: bind!(r, IntCounterVec, MESH_VERIFY_BATCHES)?,
+            verify_signatures: bind!(r, IntCounterVec, MESH_VERIFY_SIGNATURES)?,
+            verify_failures: bind!(r, IntCounterVec, MESH_VERIFY_FAILURES)?,
+            verify_queue_full: bind!(r, IntCounterVec, MESH_VERIFY_QUEUE_FULL)?,
+            xdp_attached: bind!(r, IntGaugeVec, MESH_XDP_ATTACHED)?,
+            xsk_sockets: bind!(r, IntGaugeVec, MESH_XSK_SOCKETS)?,
             last: Mutex::new(Snapshot::default()),
             otel_latency: std::sync::OnceLock::new(),
-            registry: r,
-        };
-        // Make every labelled series visible from the start.
-        for reason in DropReason::ALL {
-            m.packets_dropped.with_label_values(&[reason.as_str()]);
-        }
-        for kind in &KIND_NAMES[1..7] {
-            m.messages_accepted.with_label_values(&[kind]);
-        }
-        for reason in dataplane::xdp::Reason::ALL {
-            m.xdp_packets.with_label_values(&[reason.as_str()]);
-        }
-        for mode in XDP_MODES {
-            m.xdp_attached.with_label_values(&[mode]);
-        }
-        for mode in XSK_BIND_MODES {
-            m.xsk_sockets.with_label_values(&[mode]);
-        }
-        // Verify workers appear once a pool runs; give the families one
-        // series each so the exported set is the same on every node.
-        for c in [
-            &m.verify_batches,
-            &m.verify_signatures,
-            &m.verify_failures,
-            &m.verify_queue_full,
-        ] {
-            c.with_label_values(&["none"]);
-        }
-        for v in OVERLAY_VIEWS {
-            m.overlay_view.with_label_values(&[v]);
-        }
-        for st in MEMBER_STATUSES {
-            m.members.with_label_values(&[st]);
-        }
-        for o in FRAME_OUTCOMES {
-            m.overlay_frames.with_label_values(&[o]);
-        }
-        m.peers.with_label_values(&["live"]);
-        m.peers.with_label_values(&["pending"]);
-        m.peers.with_label_values(&["unreachable"]);
-        Ok(m)
+            registry: reg.clone(),
+        })
     }
 
     /// Folds the tiles' published counters (summed) and the XDP program's
@@ -490,12 +414,15 @@ impl Metrics {
                 .with_label_values(&[reason.as_str()])
                 .inc_by(d);
         }
-        for (i, name) in KIND_NAMES.iter().enumerate().take(7).skip(1) {
+        for kind in label::MessageKind::ALL {
+            let w = wire_kind(kind);
             let d = delta(
-                sum(&|t| t.accepted[i].load(Ordering::Relaxed)),
-                &mut last.accepted[i],
+                sum(&|t| t.accepted[w].load(Ordering::Relaxed)),
+                &mut last.accepted[kind as usize],
             );
-            self.messages_accepted.with_label_values(&[name]).inc_by(d);
+            self.messages_accepted
+                .with_label_values(&[kind.as_str()])
+                .inc_by(d);
         }
         self.messages_forwarded.inc_by(delta(
             sum(&|t| t.forwarded.load(Ordering::Relaxed)),
@@ -562,5 +489,211 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use prometheus::proto::MetricType;
+
+    use super::*;
+
+    /// Prometheus name -> (type, HELP, label names) of what `m` exports.
+    fn exported(m: &Metrics) -> BTreeMap<String, (MetricType, String, Vec<String>)> {
+        m.registry
+            .gather()
+            .iter()
+            .map(|f| {
+                let labels = f
+                    .get_metric()
+                    .first()
+                    .map(|x| x.get_label().iter().map(|l| l.name().to_owned()).collect())
+                    .unwrap_or_default();
+                (
+                    f.name().to_owned(),
+                    (f.get_field_type(), f.help().to_owned(), labels),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_registry_metric_is_exported_with_its_help_and_labels_and_nothing_else() {
+        let m = Metrics::new().expect("metrics register");
+        let got = exported(&m);
+        let want: BTreeMap<_, _> = metric::METRICS
+            .iter()
+            .map(|d| {
+                let ty = match d.instrument {
+                    Instrument::Counter => MetricType::COUNTER,
+                    Instrument::Gauge => MetricType::GAUGE,
+                    Instrument::Histogram => MetricType::HISTOGRAM,
+                };
+                (
+                    d.prometheus_name(),
+                    (ty, d.brief.to_owned(), d.label_names()),
+                )
+            })
+            .collect();
+        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+        let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+        assert!(
+            missing.is_empty(),
+            "registry metrics no field exports: {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "exported but not in the registry: {extra:?}"
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn every_enum_member_has_a_series_from_the_start() {
+        let m = Metrics::new().expect("metrics register");
+        for f in m.registry.gather() {
+            let Some(def) = metric::METRICS
+                .iter()
+                .find(|d| d.prometheus_name() == f.name())
+            else {
+                panic!("{} is not in the registry", f.name());
+            };
+            let Some(attr) = def.attributes.first() else {
+                continue;
+            };
+            let values: Vec<&str> = f
+                .get_metric()
+                .iter()
+                .flat_map(|x| x.get_label().iter().map(|l| l.value()))
+                .collect();
+            if attr.members.is_empty() {
+                assert_eq!(values, ["none"], "{}", def.name);
+            } else {
+                let mut want = attr.members.to_vec();
+                want.sort_unstable();
+                assert_eq!(values, want, "{}", def.name);
+            }
+        }
+    }
+
+    #[test]
+    fn dataplane_label_enums_are_the_registry_enums() {
+        let names = |v: &[&'static str]| v.to_vec();
+        let drops: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(drops, names(registry::attr::MESH_DROP_REASON.members));
+        let xdp: Vec<_> = dataplane::xdp::Reason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
+        assert_eq!(xdp, names(registry::attr::MESH_XDP_REASON.members));
+        let modes: Vec<String> = [
+            dataplane::xdp::XdpMode::Native,
+            dataplane::xdp::XdpMode::Generic,
+        ]
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+        let want: Vec<String> = label::XdpMode::ALL
+            .iter()
+            .map(|m| m.as_str().to_owned())
+            .collect();
+        assert_eq!(modes, want);
+        for kind in label::MessageKind::ALL {
+            let byte = u8::try_from(wire_kind(kind)).expect("a kind byte");
+            assert!(
+                dataplane::wire::Kind::from_u8(byte).is_some(),
+                "{} is not a wire kind",
+                kind.as_str()
+            );
+        }
+        assert_eq!(wire_kind(label::MessageKind::Data), 1);
+    }
+
+    #[test]
+    fn generated_label_enums_follow_the_registry_members() {
+        assert_eq!(
+            label::MemberStatus::ALL.map(label::MemberStatus::as_str),
+            ["alive", "suspect", "dead", "left"]
+        );
+        assert_eq!(
+            MEMBER_STATUSES.to_vec(),
+            registry::attr::MESH_MEMBER_STATUS.members.to_vec()
+        );
+        assert_eq!(
+            label::OverlayFrameOutcome::from_name("invalid"),
+            Some(label::OverlayFrameOutcome::Invalid)
+        );
+        assert_eq!(
+            label::XskBindMode::from_name("zero_copy"),
+            Some(label::XskBindMode::ZeroCopy)
+        );
+        assert_eq!(label::OverlayView::COUNT, 4);
+    }
+
+    /// The value of `name{label="value"}` (or of `name` without labels) in `text`.
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+    }
+
+    #[test]
+    fn refresh_folds_the_tiles_counters_in_as_deltas() {
+        let m = Metrics::new().expect("metrics register");
+        let tiles = [
+            Arc::new(TileStats::default()),
+            Arc::new(TileStats::default()),
+        ];
+        tiles[0].received.store(5, Ordering::Relaxed);
+        tiles[1].received.store(7, Ordering::Relaxed);
+        tiles[0].accepted[1].store(3, Ordering::Relaxed);
+        tiles[1].accepted[2].store(100, Ordering::Relaxed);
+        tiles[1].dropped[DropReason::BadPayload as usize].store(2, Ordering::Relaxed);
+        m.refresh(&tiles, None);
+        m.refresh(&tiles, None);
+        let t = m.render();
+        assert_eq!(value(&t, "mesh_dataplane_packets_received_total"), 12.0);
+        assert_eq!(
+            value(
+                &t,
+                "mesh_dataplane_messages_accepted_total{mesh_message_kind=\"data\"}"
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "mesh_dataplane_packets_dropped_total{mesh_drop_reason=\"bad_payload\"}"
+            ),
+            2.0
+        );
+        // Only registry members are exported: kind 2 is not one.
+        assert!(!t.contains("mesh_message_kind=\"join\""), "{t}");
+        tiles[0].received.store(6, Ordering::Relaxed);
+        m.refresh(&tiles, None);
+        assert_eq!(
+            value(&m.render(), "mesh_dataplane_packets_received_total"),
+            13.0
+        );
+    }
+
+    #[test]
+    fn help_is_the_registry_brief() {
+        let t = Metrics::new().expect("metrics register").render();
+        let d = &metric::MESH_GOSSIP_MESSAGES_DELIVERED;
+        assert!(
+            t.contains(&format!("# HELP {} {}\n", d.prometheus_name(), d.brief)),
+            "{t}"
+        );
+        for retired in [
+            "mesh_peers",
+            "mesh_gossip_control_invalid",
+            "mesh_peer_state",
+        ] {
+            assert!(!t.contains(retired), "{retired} is exported:\n{t}");
+        }
     }
 }

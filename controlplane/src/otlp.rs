@@ -1,13 +1,15 @@
 //! OpenTelemetry (OTLP/HTTP, protobuf) export of every metric the Weaver
 //! registry in `registry/` defines.
 //!
-//! The registry file is compiled in; each of its metrics becomes an OTel
-//! instrument under its registry name (`mesh.dataplane.packets.received`,
-//! not the Prometheus spelling), with its unit and description. Counters and
-//! gauges are observable instruments whose callbacks read the same values the
-//! Prometheus endpoint serves, so the two exports never disagree; the one
-//! histogram (dissemination latency) is recorded as it happens. A periodic
-//! reader on its own thread pushes everything every `telemetry.otlp_interval_ms`.
+//! The instruments come from the same generated table the Prometheus endpoint
+//! registers from ([`crate::metrics::registry`]): each entry of
+//! [`METRICS`](crate::metrics::registry::metric::METRICS) becomes an OTel instrument under
+//! its registry name (`mesh.dataplane.packets.received`, not the Prometheus
+//! spelling), with its unit, brief and attributes. Counters and gauges are
+//! observable instruments whose callbacks read the same values the Prometheus
+//! endpoint serves, so the two exports never disagree; the one histogram
+//! (dissemination latency) is recorded as it happens. A periodic reader on its
+//! own thread pushes everything every `telemetry.otlp_interval_ms`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,84 +21,13 @@ use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use prometheus::proto::MetricFamily;
-use serde::Deserialize;
 
-use crate::metrics::{Instrument, label_name, prometheus_name};
-use crate::node::Shared;
+use crate::metrics::{Instrument, MetricDef, Metrics, registry};
+use crate::service::Service as Shared;
 
-/// The registry's metric definitions, as compiled into the binary.
-const REGISTRY: &str = include_str!("../../registry/metrics.yaml");
-
-#[derive(Deserialize)]
-struct RegistryFile {
-    groups: Vec<RegistryGroup>,
-}
-
-#[derive(Deserialize)]
-struct RegistryGroup {
-    metric_name: Option<String>,
-    instrument: Option<String>,
-    unit: Option<String>,
-    brief: Option<String>,
-    #[serde(default)]
-    attributes: Vec<RegistryAttribute>,
-}
-
-#[derive(Deserialize)]
-struct RegistryAttribute {
-    #[serde(rename = "ref")]
-    reference: Option<String>,
-}
-
-/// One registry metric.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RegistryMetric {
-    /// Registry (and OTLP) name.
-    pub name: String,
-    /// Instrument kind.
-    pub instrument: Instrument,
-    /// UCUM unit.
-    pub unit: String,
-    /// Description.
-    pub brief: String,
-    /// Attribute ids.
-    pub attributes: Vec<String>,
-}
-
-impl RegistryMetric {
-    /// The name the Prometheus endpoint uses for it.
-    pub fn prometheus_name(&self) -> String {
-        prometheus_name(&self.name, self.instrument, &self.unit)
-    }
-}
-
-/// Every metric of the compiled-in registry.
-pub fn registry_metrics() -> anyhow::Result<Vec<RegistryMetric>> {
-    let file: RegistryFile =
-        serde_yaml::from_str(REGISTRY).context("parsing registry/metrics.yaml")?;
-    file.groups
-        .into_iter()
-        .filter_map(|g| g.metric_name.clone().map(|n| (n, g)))
-        .map(|(name, g)| {
-            let instrument = match g.instrument.as_deref() {
-                Some("counter") => Instrument::Counter,
-                Some("gauge") => Instrument::Gauge,
-                Some("histogram") => Instrument::Histogram,
-                other => anyhow::bail!("registry metric {name}: unsupported instrument {other:?}"),
-            };
-            Ok(RegistryMetric {
-                instrument,
-                unit: g.unit.unwrap_or_default(),
-                brief: g.brief.unwrap_or_default(),
-                attributes: g
-                    .attributes
-                    .into_iter()
-                    .filter_map(|a| a.reference)
-                    .collect(),
-                name,
-            })
-        })
-        .collect()
+/// Every metric of the registry, in registry order (the table both exports use).
+pub fn registry_metrics() -> &'static [&'static MetricDef] {
+    &registry::metric::METRICS
 }
 
 /// A running OTLP export; flushes and stops when dropped.
@@ -112,7 +43,6 @@ impl Drop for OtlpExport {
     }
 }
 
-/// Values of one Prometheus family as (value, attributes).
 /// The gathered metric families, reused by every callback of one export.
 #[derive(Default)]
 struct Snapshot {
@@ -138,7 +68,13 @@ impl Snapshot {
     }
 }
 
-fn samples(families: &[MetricFamily], prom: &str, attrs: &[String]) -> Vec<(f64, Vec<KeyValue>)> {
+/// The values of Prometheus family `prom` as (value, attributes): each label
+/// becomes the registry attribute whose label name it is.
+fn samples(
+    families: &[MetricFamily],
+    prom: &str,
+    attrs: &[(String, &'static str)],
+) -> Vec<(f64, Vec<KeyValue>)> {
     let Some(f) = families.iter().find(|f| f.name() == prom) else {
         return Vec::new();
     };
@@ -152,8 +88,8 @@ fn samples(families: &[MetricFamily], prom: &str, attrs: &[String]) -> Vec<(f64,
                 .filter_map(|l| {
                     attrs
                         .iter()
-                        .find(|a| label_name(a) == l.name())
-                        .map(|a| KeyValue::new(a.clone(), l.value().to_owned()))
+                        .find(|(label, _)| label == l.name())
+                        .map(|(_, id)| KeyValue::new(*id, l.value().to_owned()))
                 })
                 .collect();
             let v = if counter {
@@ -195,9 +131,13 @@ pub(crate) fn start(
     // One export runs every instrument's callback back to back: they share one
     // refresh + gather instead of one each.
     let snapshot = Arc::new(Snapshot::default());
-    for m in registry_metrics()? {
+    for m in registry_metrics() {
         let prom = m.prometheus_name();
-        let attrs = m.attributes.clone();
+        let attrs: Vec<(String, &'static str)> = m
+            .attributes
+            .iter()
+            .map(|a| (a.label_name(), a.id))
+            .collect();
         let s = shared.clone();
         let snap = snapshot.clone();
         // The values `/metrics` serves right now, with registry attributes.
@@ -205,9 +145,9 @@ pub(crate) fn start(
         match m.instrument {
             Instrument::Counter => {
                 meter
-                    .u64_observable_counter(m.name.clone())
-                    .with_unit(m.unit.clone())
-                    .with_description(m.brief.clone())
+                    .u64_observable_counter(m.name)
+                    .with_unit(m.unit)
+                    .with_description(m.brief)
                     .with_callback(move |obs| {
                         for (v, kv) in read() {
                             obs.observe(v as u64, &kv);
@@ -217,9 +157,9 @@ pub(crate) fn start(
             }
             Instrument::Gauge => {
                 meter
-                    .i64_observable_gauge(m.name.clone())
-                    .with_unit(m.unit.clone())
-                    .with_description(m.brief.clone())
+                    .i64_observable_gauge(m.name)
+                    .with_unit(m.unit)
+                    .with_description(m.brief)
                     .with_callback(move |obs| {
                         for (v, kv) in read() {
                             obs.observe(v as i64, &kv);
@@ -228,10 +168,17 @@ pub(crate) fn start(
                     .build();
             }
             Instrument::Histogram => {
+                // Histograms are recorded as they happen, not read from `/metrics`: each one
+                // needs its recording site, and the registry has one histogram.
+                anyhow::ensure!(
+                    *m == Metrics::LATENCY,
+                    "registry histogram {} has no OTLP recording site",
+                    m.name
+                );
                 let h = meter
-                    .f64_histogram(m.name.clone())
-                    .with_unit(m.unit.clone())
-                    .with_description(m.brief.clone())
+                    .f64_histogram(m.name)
+                    .with_unit(m.unit)
+                    .with_description(m.brief)
                     .build();
                 shared.metrics.set_otel_latency(h);
             }

@@ -1,9 +1,10 @@
 //! The code exports exactly the metrics `registry/` defines, with the same
-//! instrument, labels and enum members.
+//! instrument, labels, HELP text and enum members. The YAML is read here on its
+//! own (not through the table `build.rs` generates), so a generation bug fails too.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use controlplane::metrics::{Instrument, KIND_NAMES, Metrics, label_name, prometheus_name};
+use controlplane::metrics::{Instrument, Metrics, label, label_name, prometheus_name, registry};
 use dataplane::pipeline::DropReason;
 use prometheus::proto::MetricType;
 use serde::Deserialize;
@@ -33,8 +34,11 @@ fn load(name: &str) -> File {
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Registry metric → (Prometheus name, type, label names).
-fn registry_metrics() -> BTreeMap<String, (MetricType, BTreeSet<String>)> {
+/// Registry metric → (Prometheus name, type, HELP, label names).
+type Exported = BTreeMap<String, (MetricType, String, BTreeSet<String>)>;
+
+/// Every metric of `metrics.yaml` as the Prometheus endpoint should export it.
+fn registry_metrics() -> Exported {
     let mut out = BTreeMap::new();
     for g in load("metrics.yaml").groups {
         assert_eq!(g.kind, "metric", "{}", g.id);
@@ -47,10 +51,10 @@ fn registry_metrics() -> BTreeMap<String, (MetricType, BTreeSet<String>)> {
             "group id follows metric name"
         );
         assert!(g.stability.is_some(), "{name} has no stability");
-        assert!(
-            g.brief.is_some_and(|b| !b.is_empty()),
-            "{name} has no brief"
-        );
+        let brief = g
+            .brief
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| panic!("{name} has no brief"));
         let unit = g.unit.unwrap_or_else(|| panic!("{name} has no unit"));
         let (inst, ty) = match g.instrument.as_deref() {
             Some("counter") => (Instrument::Counter, MetricType::COUNTER),
@@ -69,7 +73,7 @@ fn registry_metrics() -> BTreeMap<String, (MetricType, BTreeSet<String>)> {
                 )
             })
             .collect();
-        out.insert(prometheus_name(&name, inst, &unit), (ty, labels));
+        out.insert(prometheus_name(&name, inst, &unit), (ty, brief, labels));
     }
     out
 }
@@ -93,7 +97,7 @@ fn enum_members(attr: &str) -> BTreeSet<String> {
 #[test]
 fn exported_metrics_equal_the_registry_in_both_directions() {
     let m = Metrics::new().expect("metrics register");
-    let exported: BTreeMap<String, (MetricType, BTreeSet<String>)> = m
+    let exported: Exported = m
         .registry
         .gather()
         .iter()
@@ -103,7 +107,10 @@ fn exported_metrics_equal_the_registry_in_both_directions() {
                 .first()
                 .map(|x| x.get_label().iter().map(|l| l.name().to_owned()).collect())
                 .unwrap_or_default();
-            (f.name().to_owned(), (f.get_field_type(), labels))
+            (
+                f.name().to_owned(),
+                (f.get_field_type(), f.help().to_owned(), labels),
+            )
         })
         .collect();
     let defined = registry_metrics();
@@ -121,37 +128,99 @@ fn exported_metrics_equal_the_registry_in_both_directions() {
         "in registry/ but never exported: {missing:?}"
     );
     for (name, def) in &defined {
-        assert_eq!(&exported[name], def, "{name}: instrument or labels differ");
+        assert_eq!(
+            &exported[name], def,
+            "{name}: instrument, HELP or labels differ"
+        );
     }
 }
 
+/// Every enum attribute of `attributes.yaml`: id → member values in order (an empty list for
+/// a string attribute).
+fn attributes() -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for g in load("attributes.yaml").groups {
+        for a in g.attributes {
+            let id = a["id"].as_str().expect("attribute id").to_owned();
+            let members = a["type"]["members"]
+                .as_sequence()
+                .map(|ms| {
+                    ms.iter()
+                        .map(|m| m["value"].as_str().unwrap_or_default().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.insert(id, members);
+        }
+    }
+    out
+}
+
 #[test]
-fn drop_reasons_and_kinds_match_the_registry_enums() {
-    let reasons: BTreeSet<String> = DropReason::ALL
+fn the_generated_table_is_the_registry() {
+    let attrs = attributes();
+    let generated: BTreeMap<String, Vec<String>> = registry::attr::ALL
         .iter()
-        .map(|r| r.as_str().to_owned())
+        .map(|a| {
+            (
+                a.id.to_owned(),
+                a.members.iter().map(|m| (*m).to_owned()).collect(),
+            )
+        })
         .collect();
-    assert_eq!(reasons, enum_members("mesh.drop.reason"));
-    let kinds: BTreeSet<String> = KIND_NAMES[1..7].iter().map(|k| (*k).to_owned()).collect();
-    assert_eq!(kinds, enum_members("mesh.message.kind"));
-    let states: BTreeSet<String> = ["live", "pending", "unreachable"]
+    assert_eq!(generated, attrs);
+    let defined = registry_metrics();
+    let names: BTreeSet<String> = registry::metric::METRICS
         .iter()
-        .map(|s| (*s).to_owned())
+        .map(|m| m.prometheus_name())
         .collect();
-    assert_eq!(states, enum_members("mesh.peer.state"));
-    let xdp: BTreeSet<String> = dataplane::xdp::Reason::ALL
-        .iter()
-        .map(|r| r.as_str().to_owned())
-        .collect();
-    assert_eq!(xdp, enum_members("mesh.xdp.reason"));
-    let modes: BTreeSet<String> = controlplane::metrics::XDP_MODES
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    assert_eq!(modes, enum_members("mesh.xdp.mode"));
-    let binds: BTreeSet<String> = controlplane::metrics::XSK_BIND_MODES
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    assert_eq!(binds, enum_members("mesh.xsk.bind_mode"));
+    assert_eq!(names, defined.keys().cloned().collect());
+    assert_eq!(
+        controlplane::otlp::registry_metrics().len(),
+        defined.len(),
+        "OTLP and Prometheus read one table"
+    );
+}
+
+fn set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    names.into_iter().map(str::to_owned).collect()
+}
+
+#[test]
+fn code_enums_match_the_registry_enums() {
+    assert_eq!(
+        set(DropReason::ALL.iter().map(|r| r.as_str())),
+        enum_members("mesh.drop.reason")
+    );
+    assert_eq!(
+        set(dataplane::xdp::Reason::ALL.iter().map(|r| r.as_str())),
+        enum_members("mesh.xdp.reason")
+    );
+    assert_eq!(
+        set(label::MessageKind::ALL.map(label::MessageKind::as_str)),
+        enum_members("mesh.message.kind")
+    );
+    assert_eq!(
+        set(label::MemberStatus::ALL.map(label::MemberStatus::as_str)),
+        enum_members("mesh.member.status")
+    );
+    assert_eq!(
+        set(label::OverlayView::ALL.map(label::OverlayView::as_str)),
+        enum_members("mesh.overlay.view")
+    );
+    assert_eq!(
+        set(label::OverlayFrameOutcome::ALL.map(label::OverlayFrameOutcome::as_str)),
+        enum_members("mesh.overlay.frame.outcome")
+    );
+    assert_eq!(
+        set(label::XdpMode::ALL.map(label::XdpMode::as_str)),
+        enum_members("mesh.xdp.mode")
+    );
+    assert_eq!(
+        set(label::XskBindMode::ALL.map(label::XskBindMode::as_str)),
+        enum_members("mesh.xsk.bind_mode")
+    );
+    // The peer-table mode's enums are gone.
+    assert!(!attributes().contains_key("mesh.peer.state"));
+    assert_eq!(enum_members("mesh.message.kind"), set(["data"]));
 }

@@ -10,7 +10,9 @@
 //! [`registry::metric::METRICS`], under the registry name. A field naming a metric the registry
 //! does not define fails the build (the constant does not exist), and so does a field whose
 //! Prometheus type does not fit the registry instrument and attribute count. A registry metric
-//! that no field exports fails the `every_registry_metric_is_exported` test.
+//! that no field exports fails the `every_registry_metric_is_exported` test. The fast path's
+//! own label enums (`DropReason`, `xdp::Reason`, `XdpMode`, `BindMode`: they index its counter
+//! arrays) are compared with their registry attributes at compile time too.
 //!
 //! The fast-path tile keeps plain counters and publishes them to atomics; [`Metrics::refresh`]
 //! folds them in at scrape time.
@@ -129,6 +131,61 @@ macro_rules! label_names {
         out
     }};
 }
+
+/// Whether two lists of names are equal, element by element (usable in constants).
+const fn same_names(a: &[&str], b: &[&str]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        let (x, y) = (a[i].as_bytes(), b[i].as_bytes());
+        if x.len() != y.len() {
+            return false;
+        }
+        let mut j = 0;
+        while j < x.len() {
+            if x[j] != y[j] {
+                return false;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
+// The fast path's label enums index its counter arrays, so they are its own `labels!`
+// definitions; that their names are the registry's members, in registry order, is checked
+// here when the control plane builds.
+const _: () = {
+    use registry::attr;
+    assert!(
+        same_names(&label_names!(DropReason), attr::MESH_DROP_REASON.members),
+        "dataplane::pipeline::DropReason differs from mesh.drop.reason in registry/"
+    );
+    assert!(
+        same_names(
+            &label_names!(dataplane::xdp::Reason),
+            attr::MESH_XDP_REASON.members
+        ),
+        "dataplane::xdp::Reason differs from mesh.xdp.reason in registry/"
+    );
+    assert!(
+        same_names(
+            &label_names!(dataplane::xdp::XdpMode),
+            attr::MESH_XDP_MODE.members
+        ),
+        "dataplane::xdp::XdpMode differs from mesh.xdp.mode in registry/"
+    );
+    assert!(
+        same_names(
+            &label_names!(dataplane::xsk::BindMode),
+            attr::MESH_XSK_BIND_MODE.members
+        ),
+        "dataplane::xsk::BindMode differs from mesh.xsk.bind_mode in registry/"
+    );
+};
 
 // retired: remove once node/ stops using it (use `label::MemberStatus`).
 /// `mesh.member.status` values, in `mesh_protocol::Status` order.
@@ -589,18 +646,20 @@ mod tests {
             .map(|r| r.as_str())
             .collect();
         assert_eq!(xdp, names(registry::attr::MESH_XDP_REASON.members));
-        let modes: Vec<String> = [
-            dataplane::xdp::XdpMode::Native,
-            dataplane::xdp::XdpMode::Generic,
-        ]
-        .iter()
-        .map(|m| m.to_string())
-        .collect();
-        let want: Vec<String> = label::XdpMode::ALL
+        let modes: Vec<_> = dataplane::xdp::XdpMode::ALL
             .iter()
-            .map(|m| m.as_str().to_owned())
+            .map(|m| m.as_str())
             .collect();
-        assert_eq!(modes, want);
+        assert_eq!(modes, names(registry::attr::MESH_XDP_MODE.members));
+        let binds: Vec<_> = dataplane::xsk::BindMode::ALL
+            .iter()
+            .map(|m| m.as_str())
+            .collect();
+        assert_eq!(binds, names(registry::attr::MESH_XSK_BIND_MODE.members));
+        assert!(!same_names(&["a", "b"], &["a", "c"]));
+        assert!(!same_names(&["a"], &["a", "b"]));
+        assert!(!same_names(&["ab"], &["a"]));
+        assert!(same_names(&["a", "bc"], &["a", "bc"]));
         for kind in label::MessageKind::ALL {
             let byte = u8::try_from(wire_kind(kind)).expect("a kind byte");
             assert!(

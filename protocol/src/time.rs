@@ -5,3 +5,9 @@
 //! No core ever reads a clock; `now` is always an argument.
 
 pub use mesh_types::{Duration, Instant, scale};
+
+/// `d` with jitter of +-`pct`% (timers of the cores, so nodes do not act in lockstep).
+pub(crate) fn jittered<R: rand::RngCore>(d: Duration, pct: u64, rng: &mut R) -> Duration {
+    use rand::Rng;
+    scale(d, rng.random_range(100 - pct..=100 + pct), 100)
+}

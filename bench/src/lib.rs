@@ -1,5 +1,5 @@
 //! Shared helpers for the benchmarks: the time-stamp counter, a corpus of
-//! signed messages, and the forward decision (`dataplane::tile::choose_peers`).
+//! signed messages, and the forward decision (`dataplane::forward::choose_peers`).
 //!
 //! Ticks follow `ARCHITECTURE.md` ("The tick budget"): one tick is one count of
 //! the invariant TSC, read with `lfence; rdtsc; lfence`; the calibrated cost of
@@ -133,7 +133,7 @@ pub fn peers() -> Vec<SocketAddr> {
 /// to `out.len()` distinct peers at random, never the one the message came
 /// from. Returns how many were chosen. No allocation, no division.
 ///
-/// This is the node's own decision, `dataplane::tile::choose_peers`. The draw
+/// This is the node's own decision, `dataplane::forward::choose_peers`. The draw
 /// is `(u32 · n) >> 32`, biased by at most `n / 2^32`, which does not matter
 /// for gossip fan-out.
 pub fn forward<R: Rng>(
@@ -146,7 +146,7 @@ pub fn forward<R: Rng>(
     if hop_limit <= 1 {
         return 0;
     }
-    dataplane::tile::choose_peers(rng, peers, Some(from), out)
+    dataplane::forward::choose_peers(rng, peers, Some(from), out)
 }
 
 /// The `q`-quantile (0..=1) of `v` by nearest rank; sorts `v`.

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use dataplane::profile::{self, Profile};
-use dataplane::tile::{self, ForwardSet, TileConfig, TileHandle, handoff};
+use dataplane::forward::ForwardSet;
+use dataplane::tile::{self, TileConfig, TileHandle, handoff};
 use dataplane::xdp::{MeshXdp, XdpControl, XdpMode, XdpSettings};
 use dataplane::xsk::{BindMode, XskSocket};
 
@@ -110,7 +111,10 @@ pub fn start(
         )?;
         if let Ok(bind) = bind_rx.recv() {
             tracing::info!(queue = q, %bind, core = ?core, "AF_XDP socket bound");
-            metrics.xsk_sockets.with_label_values(&[bind.as_str()]).inc();
+            metrics
+                .xsk_sockets
+                .with_label_values(&[bind.as_str()])
+                .inc();
         }
         tiles.push(tile);
     }

@@ -28,24 +28,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use dataplane::backend::{Backend, RxView};
+use dataplane::clock::wall_us;
 use dataplane::identity::Identity;
 use dataplane::pipeline::{DropReason, Pipeline, PipelineConfig};
 use dataplane::wire::Kind;
 use dataplane::xdp::bench::BenchXdp;
 use dataplane::xdp::{self, AttachPolicy, MeshXdp, Reason, XdpSettings};
-use dataplane::xsk::{Backend, RxView, XskConfig, XskSocket, frame};
+use dataplane::xsk::{XskConfig, XskSocket, frame};
 use netns::NetNs;
 
 const PORT: u16 = 7946;
-
-fn wall_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Receiver {

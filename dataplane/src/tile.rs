@@ -18,31 +18,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 use std::os::fd::RawFd;
 
+use crate::backend::{Backend, RxView};
+use crate::clock::wall_us;
+use crate::forward::{ForwardSet, Forwarding};
 use crate::pipeline::{Accepted, DropReason, Pipeline, PipelineConfig};
 use crate::udp::{BatchSocket, UdpBackend, Waker, wait_readable};
 use crate::verify::workers::{PoolConfig, PoolStats, VerifyBatch, VerifyPool};
 use crate::wire::{self, Kind, Packet};
-use crate::xsk::{Backend, RxView, TxSink};
-
-/// Peers the tile forwards data messages to, published by the control plane.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ForwardSet {
-    /// Addresses of live peers: where a received data message is forwarded.
-    pub peers: Vec<SocketAddr>,
-    /// Where a message this node publishes goes, if not `peers`: the rooted tree's origin
-    /// pushes to every active neighbour, so a new message does not hang on one datagram
-    /// while only its origin has it. Empty: `peers`.
-    pub origin: Vec<SocketAddr>,
-}
 
 /// Tile settings.
 #[derive(Clone)]
@@ -178,14 +169,6 @@ impl Drop for TileHandle {
     }
 }
 
-/// Wall clock in µs since the Unix epoch.
-pub fn wall_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// Starts a tile on a UDP socket. Accepted messages go to `inbound`; peers
 /// to forward to are read from `forward`.
 pub fn spawn_udp_tile(
@@ -265,7 +248,7 @@ where
             waker: w,
             stop: st,
             stats: stt,
-            rng: SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
+            seed: u64::from_le_bytes(seed),
             verify: pool.map(VerifyStage::new),
         };
         run.run();
@@ -319,79 +302,27 @@ struct Run<B: Backend> {
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     stats: Arc<TileStats>,
-    rng: SmallRng,
+    seed: u64,
     verify: Option<VerifyStage>,
-}
-
-/// Reusable buffers for the forwarding of one batch.
-struct Forwarding {
-    /// One datagram copy per forwarded message (hop limit rewritten).
-    bufs: Vec<Vec<u8>>,
-    /// Buffers in use this batch.
-    used: usize,
-    /// (destination, buffer index) pairs.
-    tx: Vec<(SocketAddr, usize)>,
-    /// Scratch for the forward decision.
-    dests: [SocketAddr; MAX_FANOUT],
-    /// Send list storage, recycled across batches.
-    msgs: Vec<(SocketAddr, &'static [u8])>,
-}
-
-impl Forwarding {
-    fn new(fanout: usize) -> Forwarding {
-        let cap = crate::pipeline::MAX_BATCH * fanout.max(1);
-        Forwarding {
-            bufs: (0..crate::pipeline::MAX_BATCH)
-                .map(|_| Vec::with_capacity(wire::MAX_DATAGRAM))
-                .collect(),
-            used: 0,
-            tx: Vec::with_capacity(cap),
-            dests: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_FANOUT],
-            msgs: Vec::with_capacity(cap),
-        }
-    }
-
-    /// Sends what was queued; returns (sent, failed).
-    fn flush<T: TxSink>(&mut self, tx: &mut T) -> (u64, u64) {
-        let result = if self.tx.is_empty() {
-            (0, 0)
-        } else {
-            let mut msgs = recycle_msgs(std::mem::take(&mut self.msgs));
-            msgs.extend(self.tx.iter().map(|(d, i)| (*d, &self.bufs[*i][..])));
-            let sent = tx.send_batch(&msgs).unwrap_or(0);
-            let failed = msgs.len() - sent;
-            self.msgs = recycle_msgs(msgs);
-            (sent as u64, failed as u64)
-        };
-        self.used = 0;
-        self.tx.clear();
-        result
-    }
 }
 
 /// What the accept step needs from the tile, borrowed apart from the backend.
 struct AcceptCtx<'r> {
     inbound: &'r handoff::InboundSender,
     stop: &'r AtomicBool,
-    rng: &'r mut SmallRng,
     peers: &'r [SocketAddr],
-    fanout: usize,
 }
 
 impl<'r> AcceptCtx<'r> {
     fn new(
         inbound: &'r handoff::InboundSender,
         stop: &'r AtomicBool,
-        rng: &'r mut SmallRng,
         forward: &'r ForwardSet,
-        fanout: usize,
     ) -> AcceptCtx<'r> {
         AcceptCtx {
             inbound,
             stop,
-            rng,
             peers: &forward.peers,
-            fanout,
         }
     }
 }
@@ -429,19 +360,7 @@ fn accept(
         }
     }
     pipeline.commit(key, now_ns);
-    if kind == Kind::Data && packet.hop_limit() > 1 {
-        let used = fwd.used;
-        let Some(buf) = fwd.bufs.get_mut(used) else {
-            return true;
-        };
-        buf.clear();
-        buf.extend_from_slice(packet.as_bytes());
-        wire::set_hop_limit(buf, packet.hop_limit() - 1);
-        let k = choose_peers(ctx.rng, ctx.peers, Some(from), &mut fwd.dests[..ctx.fanout]);
-        let dests = fwd.dests;
-        fwd.tx.extend(dests[..k].iter().map(|d| (*d, used)));
-        fwd.used += 1;
-    }
+    fwd.queue(ctx.peers, packet, from);
     true
 }
 
@@ -493,10 +412,7 @@ impl<B: Backend> Run<B> {
         pipeline.set_admission(self.cfg.admission.clone());
         let mut accepted_store: Vec<Accepted<'static>> =
             Vec::with_capacity(crate::pipeline::MAX_BATCH);
-        let fanout = self.cfg.fanout.min(MAX_FANOUT);
-        let mut fwd = Forwarding::new(fanout);
-        let mut forwarded = 0u64;
-        let mut tx_failed = 0u64;
+        let mut fwd = Forwarding::new(self.cfg.fanout, SmallRng::seed_from_u64(self.seed));
         let mut batches = 0u64;
         while !self.stop.load(Ordering::Acquire) {
             // Verdicts come back from other cores: poll briefly while any are out.
@@ -513,20 +429,8 @@ impl<B: Backend> Run<B> {
             while let Ok(Command::Publish(bytes)) = self.commands.try_recv() {
                 if let Ok(p) = Packet::parse(&bytes) {
                     pipeline.mark_seen(p.signature(), now_ns);
-                    let set = self.forward.load();
-                    let peers = if set.origin.is_empty() {
-                        &set.peers
-                    } else {
-                        &set.origin
-                    };
-                    let k = choose_peers(&mut self.rng, peers, None, &mut fwd.dests[..fanout]);
-                    let mut msgs = recycle_msgs(std::mem::take(&mut fwd.msgs));
-                    msgs.extend(fwd.dests[..k].iter().map(|d| (*d, &bytes[..])));
                     let (_, tx) = self.backend.halves();
-                    let sent = tx.send_batch(&msgs).unwrap_or(0);
-                    forwarded += sent as u64;
-                    tx_failed += (msgs.len() - sent) as u64;
-                    fwd.msgs = recycle_msgs(msgs);
+                    fwd.publish(&self.forward.load(), &bytes, tx);
                 }
             }
             // Drain the socket in batches.
@@ -561,8 +465,7 @@ impl<B: Backend> Run<B> {
                 } else {
                     pipeline.process(now_ns, wall, &views[..n], &mut accepted);
                     let peers = self.forward.load();
-                    let mut ctx =
-                        AcceptCtx::new(&self.inbound, &self.stop, &mut self.rng, &peers, fanout);
+                    let mut ctx = AcceptCtx::new(&self.inbound, &self.stop, &peers);
                     for a in &accepted {
                         if !accept(
                             &mut ctx,
@@ -577,9 +480,7 @@ impl<B: Backend> Run<B> {
                             break;
                         }
                     }
-                    let (sent, failed) = fwd.flush(tx_sink);
-                    forwarded += sent;
-                    tx_failed += failed;
+                    fwd.flush(tx_sink);
                 }
                 // After the batch's own first copies (handed on inline, or submitted to
                 // the pool), so the control plane tends to know a message before it hears
@@ -595,14 +496,13 @@ impl<B: Backend> Run<B> {
                     );
                 }
                 accepted_store = recycle(accepted);
-                self.publish(&pipeline, forwarded, tx_failed, batches);
+                self.publish(&pipeline, &fwd, batches);
             }
             // Verdicts from the pool.
             if let Some(vs) = self.verify.as_mut() {
                 let now_ns = origin.elapsed().as_nanos() as u64;
                 let peers = self.forward.load();
-                let mut ctx =
-                    AcceptCtx::new(&self.inbound, &self.stop, &mut self.rng, &peers, fanout);
+                let mut ctx = AcceptCtx::new(&self.inbound, &self.stop, &peers);
                 while let Some(mut vb) = vs.pool.try_recv() {
                     let Some(pos) = vs.in_flight.iter().position(|h| h.tag == vb.tag) else {
                         vb.clear();
@@ -632,20 +532,18 @@ impl<B: Backend> Run<B> {
                         }
                     }
                     let (_, tx) = self.backend.halves();
-                    let (sent, failed) = fwd.flush(tx);
-                    forwarded += sent;
-                    tx_failed += failed;
+                    fwd.flush(tx);
                     held.clear();
                     vs.free_held.push(held);
                     vb.clear();
                     vs.free_batches.push(vb);
                 }
             }
-            self.publish(&pipeline, forwarded, tx_failed, batches);
+            self.publish(&pipeline, &fwd, batches);
         }
     }
 
-    fn publish(&self, pipeline: &Pipeline, forwarded: u64, tx_failed: u64, batches: u64) {
+    fn publish(&self, pipeline: &Pipeline, fwd: &Forwarding, batches: u64) {
         let c = pipeline.counters();
         let s = &self.stats;
         s.received.store(c.received, Ordering::Relaxed);
@@ -655,8 +553,8 @@ impl<B: Backend> Run<B> {
         for (a, v) in s.dropped.iter().zip(c.dropped.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
-        s.forwarded.store(forwarded, Ordering::Relaxed);
-        s.tx_failed.store(tx_failed, Ordering::Relaxed);
+        s.forwarded.store(fwd.sent, Ordering::Relaxed);
+        s.tx_failed.store(fwd.failed, Ordering::Relaxed);
         s.batches.store(batches, Ordering::Relaxed);
         s.dedup_live_evictions
             .store(pipeline.seen_stats().live_evictions, Ordering::Relaxed);
@@ -715,14 +613,6 @@ fn recycle<'a, 'b>(mut v: Vec<Accepted<'a>>) -> Vec<Accepted<'b>> {
         .collect()
 }
 
-/// [`recycle`] for send lists.
-fn recycle_msgs<'b>(mut v: Vec<(SocketAddr, &[u8])>) -> Vec<(SocketAddr, &'b [u8])> {
-    v.clear();
-    v.into_iter()
-        .map(|_| unreachable!("vector was cleared"))
-        .collect()
-}
-
 fn core_affinity_pin(core: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id: core })
 }
@@ -765,59 +655,10 @@ fn report_duplicates(
     }
 }
 
-/// Largest fanout the forward decision supports.
-pub const MAX_FANOUT: usize = 32;
-
-/// Forward decision: fills `out` with up to `out.len()` distinct peers chosen
-/// uniformly at random from `peers`, never `exclude` (the sender), and
-/// returns how many it chose. No allocation; for up to 64 peers a bitmask
-/// tracks what is taken, beyond that a bounded rejection loop does.
-pub fn choose_peers<R: Rng>(
-    rng: &mut R,
-    peers: &[SocketAddr],
-    exclude: Option<SocketAddr>,
-    out: &mut [SocketAddr],
-) -> usize {
-    let n = peers.len();
-    if n == 0 || out.is_empty() {
-        return 0;
-    }
-    if n <= 64 {
-        // Bit i set: peer i is taken (or is the sender).
-        let mut taken: u64 = match exclude.and_then(|e| peers.iter().position(|p| *p == e)) {
-            Some(i) => 1 << i,
-            None => 0,
-        };
-        let k = out.len().min(n - taken.count_ones() as usize);
-        for slot in out.iter_mut().take(k) {
-            loop {
-                // Lemire's multiply-shift: uniform index without division.
-                let r = ((u64::from(rng.random::<u32>()) * n as u64) >> 32) as usize;
-                if taken & (1 << r) == 0 {
-                    taken |= 1 << r;
-                    *slot = peers[r];
-                    break;
-                }
-            }
-        }
-        return k;
-    }
-    let mut k = 0;
-    let mut tries = 0;
-    while k < out.len() && tries < 16 * out.len() {
-        tries += 1;
-        let p = peers[((u64::from(rng.random::<u32>()) * n as u64) >> 32) as usize];
-        if Some(p) != exclude && !out[..k].contains(&p) {
-            out[k] = p;
-            k += 1;
-        }
-    }
-    k
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::MAX_FANOUT;
 
     fn recv_from(s: &std::net::UdpSocket) -> Option<Vec<u8>> {
         let mut buf = [0u8; 2048];
@@ -893,45 +734,5 @@ mod tests {
         assert!(recv_from(&socks[0]).is_none());
         assert!(recv_from(&socks[2]).is_none());
         tile.stop();
-    }
-
-    #[test]
-    fn forward_choice_never_includes_the_sender_and_never_repeats() {
-        let peers: Vec<SocketAddr> = (1..=8)
-            .map(|i| SocketAddr::from(([127, 0, 0, i], 7000)))
-            .collect();
-        let mut rng = SmallRng::seed_from_u64(1);
-        let mut counts = [0u32; 8];
-        for _ in 0..1000 {
-            let mut out = [peers[0]; 3];
-            assert_eq!(choose_peers(&mut rng, &peers, Some(peers[2]), &mut out), 3);
-            assert!(!out.contains(&peers[2]));
-            let mut d = out.to_vec();
-            d.sort();
-            d.dedup();
-            assert_eq!(d.len(), 3);
-            for p in out {
-                counts[peers.iter().position(|x| *x == p).unwrap()] += 1;
-            }
-        }
-        // Roughly uniform over the 7 eligible peers (3000 picks, ~428 each).
-        assert_eq!(counts[2], 0);
-        for (i, c) in counts.iter().enumerate().filter(|(i, _)| *i != 2) {
-            assert!((300..560).contains(c), "peer {i} picked {c} times");
-        }
-        let mut out = [peers[0]; 5];
-        assert_eq!(
-            choose_peers(&mut rng, &peers[..2], Some(peers[0]), &mut out),
-            1
-        );
-        assert_eq!(out[0], peers[1]);
-        assert_eq!(choose_peers(&mut rng, &[], None, &mut out), 0);
-        // Large peer sets take the rejection path.
-        let many: Vec<SocketAddr> = (0..200u16)
-            .map(|i| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1)))
-            .collect();
-        let mut out = [many[0]; 8];
-        assert_eq!(choose_peers(&mut rng, &many, Some(many[5]), &mut out), 8);
-        assert!(!out.contains(&many[5]));
     }
 }

@@ -399,7 +399,7 @@ pub fn wait_readable(fd: RawFd, waker: &Waker, timeout: Duration) -> io::Result<
     })
 }
 
-impl crate::xsk::RxView for RxBatch {
+impl crate::backend::RxView for RxBatch {
     fn len(&self) -> usize {
         self.count
     }
@@ -418,13 +418,13 @@ impl crate::xsk::RxView for RxBatch {
     }
 }
 
-impl crate::xsk::TxSink for BatchSocket {
+impl crate::backend::TxSink for BatchSocket {
     fn send_batch(&mut self, msgs: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
         BatchSocket::send_batch(self, msgs)
     }
 }
 
-/// The UDP backend as a [`crate::xsk::Backend`]: a socket and its batch.
+/// The UDP backend as a [`crate::backend::Backend`]: a socket and its batch.
 pub struct UdpBackend {
     socket: BatchSocket,
     rx: RxBatch,
@@ -440,7 +440,7 @@ impl UdpBackend {
     }
 }
 
-impl crate::xsk::Backend for UdpBackend {
+impl crate::backend::Backend for UdpBackend {
     type Rx = RxBatch;
     type Tx = BatchSocket;
     fn recv_batch(&mut self) -> io::Result<usize> {

@@ -22,28 +22,23 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::netns::{NetNs, mac};
 use common::packets::{PORT, datagram};
+use dataplane::backend::{Backend, RxView, TxSink};
+use dataplane::clock::wall_us;
 use dataplane::identity::Identity;
 use dataplane::pipeline::{Pipeline, PipelineConfig};
 use dataplane::wire::{self, Kind};
 use dataplane::xdp::{AttachPolicy, MeshXdp, Reason, XdpCounters, XdpSettings};
-use dataplane::xsk::{Backend, RxView, TxSink, XskConfig, XskSocket};
+use dataplane::xsk::{XskConfig, XskSocket};
 
 const N: u64 = 300;
 const JUNK: u64 = 25;
 const DENIED: u64 = 10;
 const BURST: u64 = 1000;
 const FLOOD: u64 = BURST + 200;
-
-fn wall_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 fn mono_ns(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::netns::{NetNs, veth};
 use common::packets::{PORT, datagram};
+use dataplane::backend::{Backend, RxView, TxSink};
 use dataplane::wire::Kind;
 use dataplane::xdp::{AttachPolicy, MeshXdp, Reason, XdpMode, XdpSettings};
-use dataplane::xsk::{Backend, BindMode, RxView, TxSink, XskConfig, XskSocket};
+use dataplane::xsk::{BindMode, XskConfig, XskSocket};
 
 const N: usize = 200;
 const JUNK: usize = 17;

@@ -12,12 +12,12 @@
 
 use std::collections::VecDeque;
 
-use rand::seq::SliceRandom;
 use rand::{Rng, RngCore};
 
 use crate::gossip::{Delivery, GossipConfig, GossipStats, Plumtree};
 use crate::heal::{
-    MemberState, PartitionConfig, PartitionDetector, PartitionStatus, Reachability, Status,
+    ActiveView, HealProbes, HealTimers, MemberState, PartitionConfig, PartitionDetector,
+    PartitionStatus, Reachability, Status,
 };
 use crate::id::{MsgId, NodeId};
 use crate::membership::{Change, MemberTable, Swim, SwimConfig, SwimStats};
@@ -209,9 +209,8 @@ pub struct Node<R: RngCore> {
     tree: Option<RootedTree>,
     last_tree_version: u64,
     detector: PartitionDetector,
-    seeds: Vec<NodeId>,
-    next_heal: Instant,
-    heal_boost_until: Instant,
+    /// Heal probes: departed members and seeds.
+    heal: HealProbes,
     next_rebalance: Instant,
     out: Outbox,
     events: VecDeque<Event>,
@@ -249,8 +248,15 @@ impl<R: RngCore> Node<R> {
         });
         Node {
             detector: PartitionDetector::new(cfg.partition.clone()),
-            next_heal: now + jittered(cfg.heal_interval, 50, &mut rng),
-            heal_boost_until: Instant::ZERO,
+            heal: HealProbes::new(
+                HealTimers {
+                    interval: cfg.heal_interval,
+                    interval_partitioned: cfg.heal_interval_partitioned,
+                    probes: cfg.heal_probes,
+                    boost: cfg.heal_boost,
+                },
+                now + jittered(cfg.heal_interval, 50, &mut rng),
+            ),
             next_rebalance: now + jittered(cfg.topology.rebalance_interval, 50, &mut rng),
             swim,
             views,
@@ -260,7 +266,6 @@ impl<R: RngCore> Node<R> {
             cfg,
             me,
             rng,
-            seeds: Vec::new(),
             out: Outbox::new(),
             events: VecDeque::new(),
             last_eager_version: 0,
@@ -403,7 +408,7 @@ impl<R: RngCore> Node<R> {
             .min(self.views.poll_timeout())
             .min(self.gossip.poll_timeout());
         let t = self.tree.as_ref().map_or(t, |tr| t.min(tr.poll_timeout()));
-        Some(t.min(self.next_heal).min(self.next_rebalance))
+        Some(t.min(self.heal.poll_timeout()).min(self.next_rebalance))
     }
 
     // ----- inputs ---------------------------------------------------------------------------
@@ -543,13 +548,13 @@ impl<R: RngCore> Node<R> {
         let res = match cmd {
             Command::Join(contact) => {
                 self.ensure_member(now, contact);
-                self.add_seed(contact);
+                self.heal.add_seed(self.me, contact);
                 self.views.join(now, contact, &mut out);
                 Ok(())
             }
             Command::AddSeeds(seeds) => {
                 for s in seeds {
-                    self.add_seed(s);
+                    self.heal.add_seed(self.me, s);
                 }
                 Ok(())
             }
@@ -613,7 +618,7 @@ impl<R: RngCore> Node<R> {
                 },
             ));
         }
-        if self.next_heal <= now {
+        if self.heal.due(now) {
             self.heal_tick(now, &mut out);
         }
         if self.next_rebalance <= now {
@@ -629,12 +634,6 @@ impl<R: RngCore> Node<R> {
 
     fn window(&self) -> Duration {
         self.cfg.partition.window
-    }
-
-    fn add_seed(&mut self, s: NodeId) {
-        if s != self.me && !self.seeds.contains(&s) && self.seeds.len() < 32 {
-            self.seeds.push(s);
-        }
     }
 
     /// Drops ids we believe dead or gone, and ourselves.
@@ -681,8 +680,7 @@ impl<R: RngCore> Node<R> {
             match new.status {
                 Status::Alive if was_gone => {
                     // others from the same departed group are probably back too: probe faster
-                    self.heal_boost_until = now + self.cfg.heal_boost;
-                    self.next_heal = self.next_heal.min(now + self.cfg.heal_interval_partitioned);
+                    self.heal.member_back(now);
                     if !self.views.is_active(&node) {
                         // a departed member is back (partition healed or restart): reconnect
                         self.views.add_passive(node, &mut self.rng);
@@ -708,7 +706,7 @@ impl<R: RngCore> Node<R> {
     /// The protocol period: SWIM's probe, then the node's own period work (passive view
     /// stocking, the partition verdict, filling the active view).
     fn probe_tick(&mut self, now: Instant, out: &mut Outbox) {
-        let boosted = self.heal_boost_until > now;
+        let boosted = self.heal.boosted(now);
         self.swim.probe_tick(
             now,
             self.views.active(),
@@ -744,7 +742,7 @@ impl<R: RngCore> Node<R> {
         {
             self.events.push_back(Event::Partition(st));
             if st.state != Reachability::Connected {
-                self.next_heal = self.next_heal.min(now);
+                self.heal.partitioned(now);
             }
         }
         self.fill(now, out);
@@ -775,36 +773,24 @@ impl<R: RngCore> Node<R> {
         }
     }
 
+    /// A heal tick: rejoin through a seed if asked, then ping the chosen departed members
+    /// and seed through SWIM.
     fn heal_tick(&mut self, now: Instant, out: &mut Outbox) {
-        let state = self.detector.status().state;
-        let urgent = state != Reachability::Connected || self.heal_boost_until > now;
-        let interval = if urgent {
-            self.cfg.heal_interval_partitioned
-        } else {
-            self.cfg.heal_interval
-        };
-        self.next_heal = now + jittered(interval, 25, &mut self.rng);
-        let mut dead = self.swim.members().with_status(Status::Dead);
-        dead.shuffle(&mut self.rng);
-        let k = if self.heal_boost_until > now {
-            self.cfg.heal_probes * 2
-        } else {
-            self.cfg.heal_probes
-        };
-        let mut targets: Vec<NodeId> = dead.into_iter().take(k).collect();
-        let active = self.views.active().len();
-        if (state != Reachability::Connected || active < self.views.config().active_size / 2)
-            && !self.seeds.is_empty()
-        {
-            let s = self.seeds[self.rng.random_range(0..self.seeds.len())];
-            if !self.views.is_active(&s) {
-                targets.push(s);
-                if active == 0 && !self.views.joining() {
-                    self.views.join(now, s, out);
-                }
-            }
+        let tick = self.heal.tick(
+            now,
+            self.detector.status().state,
+            self.swim.members().with_status(Status::Dead),
+            ActiveView {
+                members: self.views.active(),
+                target: self.views.config().active_size,
+                joining: self.views.joining(),
+            },
+            &mut self.rng,
+        );
+        if let Some(seed) = tick.join {
+            self.views.join(now, seed, out);
         }
-        for t in targets {
+        for t in tick.ping {
             self.swim.ping(t, out);
         }
     }

@@ -25,8 +25,16 @@
 //! reachable means [`Reachability::Partitioned`]; an empty active view means
 //! [`Reachability::Isolated`]. While not connected the node probes departed members and seeds
 //! more often (see [`crate::NodeConfig::heal_interval_partitioned`]).
+//!
+//! ## Heal probes
+//! `probes.rs` schedules them: a few members declared dead and one seed per heal period, a
+//! rejoin through a seed when isolated, and a boost while a heal is under way.
 
 use std::collections::BTreeMap;
+
+mod probes;
+
+pub(crate) use probes::{ActiveView, HealProbes, HealTimers};
 
 use crate::id::NodeId;
 use crate::time::Duration;

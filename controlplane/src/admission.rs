@@ -73,10 +73,7 @@ impl Admitted {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(b: u8) -> NodeId {
-        NodeId([b; 32])
-    }
+    use crate::testutil::id;
 
     #[test]
     fn the_admitted_set_is_bounded() {

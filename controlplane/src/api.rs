@@ -214,22 +214,28 @@ async fn metrics(State(s): State<Arc<Service>>) -> Response {
         .into_response()
 }
 
-/// The API's listener: every accepted connection gets `TCP_NODELAY`. A subscriber stream
-/// writes one small line per message; with Nagle's algorithm on, a line waits for the
-/// client's delayed ACK (about 40 ms on Linux) whenever the previous one is unacknowledged.
-fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set on an agent connection");
-        }
-    })
+/// Prepares an accepted agent connection: `TCP_NODELAY` on. A subscriber stream writes one
+/// small line per message; with Nagle's algorithm on, a line waits for the client's delayed
+/// ACK (about 40 ms on Linux) whenever the previous one is unacknowledged.
+fn prepare(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set on an agent connection");
+    }
 }
 
-/// Serves the API until the task is aborted.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Service>) {
+/// Limits of the API server.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Connections open at once; more are closed when accepted.
+    pub(crate) max_connections: usize,
+    /// Time allowed for a request's headers, from the connection's start or the end of the
+    /// previous response (idle keep-alive connections included).
+    pub(crate) header_timeout: std::time::Duration,
+}
+
+/// Serves the API until the task is aborted: HTTP/1.1, at most `limits.max_connections`
+/// connections, each with `TCP_NODELAY` and a header-read timeout.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Service>, limits: Limits) {
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
@@ -239,30 +245,83 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Service
         .route("/v1/allow", post(allow))
         .route("/v1/rate", post(rate))
         .route("/metrics", get(metrics))
-        .with_state(shared);
-    if let Err(e) = axum::serve(no_delay(listener), app).await {
-        tracing::error!(error = %e, "agent API stopped");
+        .with_state(shared.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let Some((tcp, peer, slot)) = accept(&listener, &slots).await else {
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "agent API connection ended");
+            }
+            drop(slot);
+        });
     }
+}
+
+/// Accepts one agent connection and prepares it, holding one of `slots` for its lifetime;
+/// `None` when the accept failed or every slot is taken (the connection is then closed).
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Option<(
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let (tcp, peer) = match listener.accept().await {
+        Ok(x) => x,
+        Err(e) => {
+            // EMFILE and friends: back off instead of spinning.
+            tracing::warn!(error = %e, "agent API accept failed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            return None;
+        }
+    };
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        tracing::debug!(%peer, "agent API connection refused: at api.max_connections");
+        return None;
+    };
+    prepare(&tcp);
+    Some((tcp, peer, slot))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::serve::Listener;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
-    async fn accepted_connections_have_tcp_nodelay() {
+    async fn accepted_connections_get_tcp_nodelay_and_a_slot() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = l.local_addr().expect("addr");
-        let mut l = no_delay(l);
-        let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
-        let (server_side, _) = l.accept().await;
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server_side, _, slot) = accept(&l, &slots).await.expect("a free slot");
         assert!(
             server_side.nodelay().expect("nodelay readable"),
             "the API must set TCP_NODELAY on accepted connections"
         );
-        drop(client.await);
+        // Every slot taken: the next connection is accepted and closed at once.
+        let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(accept(&l, &slots).await.is_none(), "over the cap");
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), second.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "a refused connection is closed");
+        // A slot freed: accepted again.
+        drop((slot, server_side, first));
+        let _third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(accept(&l, &slots).await.is_some(), "a freed slot is reused");
     }
 }

@@ -127,13 +127,7 @@ impl AddressBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(b: u8) -> NodeId {
-        NodeId([b; 32])
-    }
-    fn addr(p: u16) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, 1], p))
-    }
+    use crate::testutil::{addr, id};
 
     #[test]
     fn a_hint_never_redirects_a_known_node() {

@@ -55,6 +55,29 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Metrics export.
     pub telemetry: TelemetryConfig,
+    /// Agent API limits.
+    pub api: ApiConfig,
+}
+
+/// `[api]`: limits of the agent API server (its address is `node.api_listen`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Most agent connections open at once; a connection over the cap is closed at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time of the connection opening or of the
+    /// previous response ending, or the connection is closed (slow or idle clients). A
+    /// subscriber stream in progress is not affected.
+    pub header_timeout_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_connections: 1024,
+            header_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// How the protocol cores build the dissemination tree (the eager set the fast
@@ -511,6 +534,16 @@ impl Config {
             (1..=65_536).contains(&d.verify_queue),
             "dataplane.verify_queue",
             "must be 1..=65536",
+        )?;
+        check(
+            (1..=1 << 20).contains(&self.api.max_connections),
+            "api.max_connections",
+            "must be 1..=1048576",
+        )?;
+        check(
+            (10..=3_600_000).contains(&self.api.header_timeout_ms),
+            "api.header_timeout_ms",
+            "must be 10..=3600000",
         )?;
         check(
             self.telemetry.otlp_interval_ms >= 100,

@@ -13,7 +13,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use mesh_protocol::{Message, MsgId, NodeId};
+use mesh_protocol::{Message, NodeId};
 
 /// First byte of a control frame carrying a protocol-core message.
 pub const FRAME_OVERLAY: u8 = 0x10;
@@ -105,27 +105,11 @@ pub fn decode_frame(frame: &[u8]) -> Result<(Vec<(NodeId, SocketAddr)>, Message)
     Ok((hints, Message::decode(msg)?))
 }
 
-/// The core's id of a data message: the same 16 bytes.
-pub fn msg_id(id: &MsgId) -> MsgId {
-    MsgId(id.0)
-}
-
-/// The data message id of a core id.
-pub fn data_id(id: &MsgId) -> MsgId {
-    MsgId(id.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{addr, id};
     use mesh_protocol::{MemberState, wire::MemberUpdate};
-
-    fn id(b: u8) -> NodeId {
-        NodeId([b; 32])
-    }
-    fn addr(p: u16) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, 1], p))
-    }
 
     #[test]
     fn frames_round_trip_with_hints() {
@@ -176,12 +160,5 @@ mod tests {
             }
             let _ = decode_frame(&b);
         }
-    }
-
-    #[test]
-    fn ids_map_both_ways() {
-        let d = MsgId([7; 16]);
-        assert_eq!(data_id(&msg_id(&d)), d);
-        assert_eq!(&msg_id(&d).0[16..], &[0u8; 16]);
     }
 }

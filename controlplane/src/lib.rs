@@ -22,7 +22,6 @@ pub mod api;
 pub mod book;
 pub mod config;
 pub mod enroll;
-pub mod enroll;
 pub mod frames;
 pub mod metrics;
 pub mod node;
@@ -30,3 +29,21 @@ pub mod otlp;
 pub mod service;
 pub mod store;
 pub mod xdp_backend;
+
+/// Ids and addresses for unit tests.
+#[cfg(test)]
+mod testutil {
+    use std::net::SocketAddr;
+
+    use mesh_protocol::NodeId;
+
+    /// A node id of 32 bytes `b`.
+    pub(crate) fn id(b: u8) -> NodeId {
+        NodeId([b; 32])
+    }
+
+    /// `10.0.0.1:p`.
+    pub(crate) fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], p))
+    }
+}

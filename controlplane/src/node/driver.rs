@@ -38,7 +38,7 @@ use super::fastpath::FastPath;
 use super::links::{DialDone, Dialed, Links, data_addr_of};
 use crate::admission::Admitted;
 use crate::book::AddressBook;
-use crate::frames::{self, FRAME_DATAGRAM, FRAME_OVERLAY, data_id, msg_id};
+use crate::frames::{self, FRAME_DATAGRAM, FRAME_OVERLAY};
 use crate::service::{Delivered, PublishError, Receipt, Request, Service};
 use crate::store::MessageStore;
 
@@ -183,7 +183,7 @@ impl Driver {
             return;
         };
         let now = self.clock.now();
-        let id = msg_id(&wire::message_id(sig));
+        let id = wire::message_id(sig);
         let Some(from) = self.book.id_at(&m.from) else {
             return;
         };
@@ -215,7 +215,7 @@ impl Driver {
     /// and pulls for it.
     fn data_to_core(&mut self, p: &Packet<'_>, from: Option<SocketAddr>) {
         let now = self.clock.now();
-        let id = msg_id(&p.message_id());
+        let id = p.message_id();
         match from.and_then(|a| self.book.id_at(&a)) {
             Some(sender) => {
                 let round = u16::from(self.origin.hop_limit.saturating_sub(p.hop_limit()));
@@ -390,7 +390,7 @@ impl Driver {
         let o = &mut self.origin;
         wire::data_payload(topic, body, &mut o.payload)?;
         let sequence = o.sequence + 1;
-        let ts = tile::wall_us();
+        let ts = dataplane::clock::wall_us();
         let mut bytes = Vec::with_capacity(wire::MAX_DATAGRAM);
         o.identity.seal(
             Kind::Data,
@@ -466,7 +466,7 @@ impl Driver {
     /// vouches for its origin, which the receiver may not know yet). Not connected: not sent
     /// (the requester asks another announcer, and anti-entropy covers the rest).
     fn send_stored(&mut self, to: NodeId, id: &MsgId) {
-        let Some(bytes) = self.store.get(&data_id(id)) else {
+        let Some(bytes) = self.store.get(id) else {
             return;
         };
         let mut frame = Vec::with_capacity(1 + bytes.len());

@@ -183,7 +183,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
             service.clone(),
         )?),
     };
-    let api_task = tokio::spawn(crate::api::serve(api_listener, service.clone()));
+    let api_task = tokio::spawn(crate::api::serve(
+        api_listener,
+        service.clone(),
+        crate::api::Limits {
+            max_connections: cfg.api.max_connections,
+            header_timeout: Duration::from_millis(cfg.api.header_timeout_ms),
+        },
+    ));
     tracing::info!(addr = %api_addr, "agent API and /metrics up");
 
     let clock = driver::Clock {
@@ -217,7 +224,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         service: service.clone(),
         origin: driver::Origin {
             identity,
-            sequence: tile::wall_us(),
+            sequence: dataplane::clock::wall_us(),
             hop_limit: g.hop_limit,
             payload: Vec::with_capacity(dataplane::wire::MAX_PAYLOAD),
         },

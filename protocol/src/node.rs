@@ -22,7 +22,7 @@ use crate::heal::{
 use crate::id::{MsgId, NodeId};
 use crate::membership::{Change, MemberTable, Swim, SwimConfig, SwimStats};
 use crate::time::{Duration, Instant, jittered};
-use crate::topology::{TopologyConfig, near_count, pick_candidate, rebalance};
+use crate::topology::{TopologyConfig, pick_neighbor, rebalance};
 use crate::tree::{RootedTree, TreeConfig, TreeStats};
 use crate::views::{Outbox, ViewConfig, ViewDelta, Views};
 use crate::wire::{DecodeError, MAX_PAYLOAD, MemberUpdate, Message};
@@ -748,6 +748,8 @@ impl<R: RngCore> Node<R> {
         self.fill(now, out);
     }
 
+    /// Asks a passive member to become a neighbour while the active view has room (the
+    /// topology picks which).
     fn fill(&mut self, now: Instant, out: &mut Outbox) {
         if self.views.active().len() >= self.views.config().active_size || self.views.has_pending()
         {
@@ -755,14 +757,12 @@ impl<R: RngCore> Node<R> {
         }
         let cands = self.usable(self.views.passive().to_vec());
         let rtts: Vec<Option<u32>> = self.views.active().iter().map(|a| self.rtt_us(a)).collect();
-        let prefer_near = near_count(&rtts, self.cfg.topology.near_slots)
-            < self.cfg.topology.near_slots
-            && self.rng.random_bool(0.5);
         let members = self.swim.members();
-        if let Some(i) = pick_candidate(
+        if let Some(i) = pick_neighbor(
+            &self.cfg.topology,
+            &rtts,
             &cands,
             |n| members.get(n).and_then(|e| e.rtt_us),
-            prefer_near,
             &mut self.rng,
         ) {
             // HyParView forces a neighbour only when the active view is empty; a small clique
@@ -795,6 +795,8 @@ impl<R: RngCore> Node<R> {
         }
     }
 
+    /// Swaps a far active peer for a nearer passive one when the topology proposes it and
+    /// the link it drops is not a tree link.
     fn rebalance_tick(&mut self, now: Instant, out: &mut Outbox) {
         if self.views.has_pending() || self.views.active().len() < self.views.config().active_size {
             return;

@@ -71,6 +71,22 @@ pub fn pick_candidate<R: RngCore>(
     Some(best.1)
 }
 
+/// The passive candidate to ask next when the active view has room: while fewer than
+/// [`TopologyConfig::near_slots`] active peers are near ([`near_count`] of `active_rtts`),
+/// half the time the nearest of a few random candidates, otherwise a random one (see
+/// [`pick_candidate`]). `None` if `cands` is empty.
+pub fn pick_neighbor<R: RngCore>(
+    cfg: &TopologyConfig,
+    active_rtts: &[Option<u32>],
+    cands: &[NodeId],
+    rtt: impl Fn(&NodeId) -> Option<u32>,
+    rng: &mut R,
+) -> Option<usize> {
+    let prefer_near =
+        near_count(active_rtts, cfg.near_slots) < cfg.near_slots && rng.random_bool(0.5);
+    pick_candidate(cands, rtt, prefer_near, rng)
+}
+
 /// How many active peers count as "near": those among the `near_slots` lowest known RTTs.
 pub fn near_count(active_rtts: &[Option<u32>], near_slots: usize) -> usize {
     active_rtts

@@ -10,7 +10,8 @@
 //!   `ZeroCopy`).
 //!
 //! A malformed registry (unknown instrument, missing brief or unit, an attribute reference that
-//! `attributes.yaml` does not define, a duplicate id) fails the build with the reason.
+//! `attributes.yaml` does not define, a duplicate id) fails the build with the reason
+//! (`controlplane/tests/registry.rs` includes this file to test [`generate`] on broken copies).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -182,7 +183,7 @@ fn unique(what: &str, names: impl IntoIterator<Item = String>) -> Result<(), Str
     Ok(())
 }
 
-fn generate(dir: &Path) -> Result<String, String> {
+pub(crate) fn generate(dir: &Path) -> Result<String, String> {
     let attrs = attributes(&load(&dir.join("attributes.yaml"))?)?;
     let defined: BTreeSet<&str> = attrs.iter().map(|a| a.id.as_str()).collect();
     let mets = metrics(&load(&dir.join("metrics.yaml"))?, &defined)?;

@@ -224,3 +224,61 @@ fn code_enums_match_the_registry_enums() {
     assert!(!attributes().contains_key("mesh.peer.state"));
     assert_eq!(enum_members("mesh.message.kind"), set(["data"]));
 }
+
+/// The generator of `build.rs`, to run it on broken copies of the registry.
+#[path = "../build.rs"]
+#[allow(dead_code)]
+mod build;
+
+/// A copy of `registry/` with `edit` applied to `file`; returns what the generator says.
+fn generate_edited(file: &str, edit: impl Fn(&str) -> String) -> Result<String, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["manifest.yaml", "metrics.yaml", "attributes.yaml"] {
+        let from = format!("{}/../registry/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&from).expect("registry file");
+        let text = if name == file { edit(&text) } else { text };
+        std::fs::write(dir.path().join(name), text).expect("write copy");
+    }
+    build::generate(dir.path())
+}
+
+#[test]
+fn the_build_refuses_a_broken_registry() {
+    let same = generate_edited("metrics.yaml", str::to_owned).expect("the registry generates");
+    let built = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/registry.rs")).expect("built");
+    assert_eq!(same, built, "the build used the registry as it is");
+    let cases: [(&str, &str, &str, &str); 4] = [
+        (
+            "metrics.yaml",
+            "instrument: histogram",
+            "instrument: summary",
+            "unsupported instrument",
+        ),
+        (
+            "metrics.yaml",
+            "ref: mesh.drop.reason",
+            "ref: mesh.drop.cause",
+            "mesh.drop.cause is not in attributes.yaml",
+        ),
+        (
+            "metrics.yaml",
+            "brief: Open agent subscriptions.",
+            "brief: \"\"",
+            "mesh.agent.subscribers: no `brief`",
+        ),
+        (
+            "attributes.yaml",
+            "{id: lazy, value: \"lazy\"",
+            "{id: lazy, value: \"eager\"",
+            "two values of mesh.overlay.view",
+        ),
+    ];
+    for (file, from, to, why) in cases {
+        let err = generate_edited(file, |t| {
+            assert!(t.contains(from), "{file} has no `{from}`");
+            t.replacen(from, to, 1)
+        })
+        .expect_err(why);
+        assert!(err.contains(why), "`{from}` -> `{to}`: {err}");
+    }
+}

@@ -6,13 +6,14 @@
 //! same code.
 //!
 //! Layers, top-down:
-//! - [`node`]: the composed [`Node`] the driver runs (`handle_*` in, `poll_*` out).
-//! - [`membership`]: SWIM failure detection with Lifeguard suspicion and local health, over a
-//!   bounded member table.
+//! - [`node`]: the composed [`Node`] the driver runs (`handle_*` in, `poll_*` out); it holds
+//!   the cores below and routes messages, timers and commands between them.
+//! - [`membership`]: SWIM failure detection with Lifeguard suspicion, `Nack`s and local health,
+//!   over a bounded member table ([`membership::Swim`], one module per job).
 //! - [`views`]: HyParView active/passive partial views (no node holds the full member list).
 //! - [`gossip`]: Plumtree eager/lazy push with graft repair, retained store, push-pull
 //!   anti-entropy; the eager set is the data plane's forwarding set.
-//! - [`heal`]: member-state CRDT (a join-semilattice) and the partition detector.
+//! - [`heal`]: member-state CRDT (a join-semilattice), the partition detector, heal probes.
 //! - [`tree`]: the rooted breadth-first tree (beacons from the lowest live id) that is the
 //!   eager set when enabled.
 //! - [`topology`]: RTT estimates and near + random peer choice, rebalancing.

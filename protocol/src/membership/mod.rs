@@ -23,7 +23,7 @@
 //!
 //! Modules, one job each:
 //! - [`swim`]: the state machine ([`Swim`]): probes, relays, `Nack`s, applying facts,
-//!   refutation, the protocol period; it reports [`Change`]s for the composed node to route.
+//!   refutation, the protocol period; it reports `Change`s for the composed node to route.
 //! - [`table`]: the bounded [`MemberTable`] (views, recently heard members, departed members
 //!   kept for partition healing; the least useful entry is evicted).
 //! - `suspicion`: Lifeguard suspicion timers and confirmations.

@@ -1,11 +1,11 @@
 //! The SWIM state machine: probing (direct, then indirect through `PingReq`), Lifeguard's
 //! `Nack`, suspicion and refutation, over the member table, the update queue, the suspicion
 //! timers and local health. It sends only SWIM messages (`Ping`, `Ack`, `PingReq`, `Nack`)
-//! and reports membership changes as [`Change`]s for [`crate::Node`] to route to the other
+//! and reports membership changes as `Change`s for [`crate::Node`] to route to the other
 //! cores (the views drop dead members, the heal logic reconnects returning ones).
 //!
 //! Like every core: `now` is an argument, the RNG is lent per call, messages go to an
-//! [`Outbox`], and changes are polled with [`Swim::poll_change`].
+//! outbox, and changes are polled with `Swim::poll_change`.
 
 use std::collections::VecDeque;
 

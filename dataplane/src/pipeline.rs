@@ -135,7 +135,8 @@ impl Counters {
     }
 }
 
-/// A packet that passed every stage.
+/// A packet that passed every stage (or, from [`Pipeline::screen_batch`],
+/// every stage before verification).
 #[derive(Clone, Copy, Debug)]
 pub struct Accepted<'a> {
     /// Index in the input batch.
@@ -146,18 +147,31 @@ pub struct Accepted<'a> {
     pub key: u64,
 }
 
+impl<'a> Accepted<'a> {
+    /// What the verifier checks for this message.
+    pub fn verify_item(&self) -> VerifyItem<'a> {
+        VerifyItem {
+            public_key: self.packet.origin(),
+            message: self.packet.signed_bytes(),
+            signature: self.packet.signature(),
+        }
+    }
+}
+
 /// The receive pipeline of one backend thread.
 pub struct Pipeline {
     cfg: PipelineConfig,
     seen: SeenCache,
     counters: Counters,
     admit: Option<Admission>,
-    // Scratch, allocated once.
-    pending: Vec<usize>,
-    keys: Vec<u64>,
+    // Scratch, allocated once (emptied between uses; see `recycle`).
+    first: Vec<Accepted<'static>>,
+    deferred: Vec<Accepted<'static>>,
+    next: Vec<Accepted<'static>>,
+    copies: Vec<Accepted<'static>>,
+    accepted_keys: Vec<u64>,
     verdicts: Vec<bool>,
-    deferred: Vec<usize>,
-    /// Batch indices of the last screen's duplicates of earlier batches.
+    /// Batch indices of the last screen's duplicates.
     dups: Vec<u16>,
 }
 
@@ -178,10 +192,12 @@ impl Pipeline {
             cfg,
             counters: Counters::default(),
             admit: None,
-            pending: Vec::with_capacity(MAX_BATCH),
-            keys: Vec::with_capacity(MAX_BATCH),
-            verdicts: vec![false; MAX_BATCH],
+            first: Vec::with_capacity(MAX_BATCH),
             deferred: Vec::with_capacity(MAX_BATCH),
+            next: Vec::with_capacity(MAX_BATCH),
+            copies: Vec::with_capacity(MAX_BATCH),
+            accepted_keys: Vec::with_capacity(MAX_BATCH),
+            verdicts: vec![false; MAX_BATCH],
             dups: Vec::with_capacity(MAX_BATCH),
         }
     }
@@ -204,9 +220,10 @@ impl Pipeline {
 
     /// Batch indices, in the batch last given to [`Pipeline::process`] or
     /// [`Pipeline::screen_batch`], of the datagrams dropped as copies of an
-    /// accepted message (seen in an earlier batch, or accepted earlier in
-    /// this one). A Plumtree driver turns those from an eager peer into
-    /// prunes.
+    /// accepted message (seen in an earlier batch, or, in `process`,
+    /// accepted earlier in this one). A Plumtree driver turns those from an
+    /// eager peer into prunes. (The verify-pool driver learns of same-batch
+    /// copies later, from [`Pipeline::resolve_deferred`].)
     pub fn last_duplicates(&self) -> &[u16] {
         &self.dups
     }
@@ -217,14 +234,6 @@ impl Pipeline {
         let c = &mut self.counters.accepted[kind as usize & 7];
         *c = c.saturating_sub(1);
         self.counters.dropped[DropReason::QueueFull as usize] += 1;
-    }
-
-    /// Moves an accepted message of `kind` to the `bad_payload` drop column:
-    /// its signature is valid but the payload breaks its kind's format.
-    pub fn count_bad_payload(&mut self, kind: Kind) {
-        let c = &mut self.counters.accepted[kind as usize & 7];
-        *c = c.saturating_sub(1);
-        self.counters.dropped[DropReason::BadPayload as usize] += 1;
     }
 
     /// Records an accepted message as seen, after the driver handed it on.
@@ -265,74 +274,121 @@ impl Pipeline {
         Some((p, key))
     }
 
-    /// Parse, replay window, admission and dedup probe over a batch, in two
-    /// passes: the first computes every key and prefetches its bucket, the
-    /// second probes, so the cache misses of the batch overlap.
-    fn screen_all<'a>(
+    /// The screening rule both verify paths share. Parse, replay window,
+    /// admission and dedup probe over a batch, in two passes (the first
+    /// computes every key and prefetches its bucket, the second probes, so
+    /// the cache misses of the batch overlap); then the survivors are
+    /// grouped: the first copy of each message goes to `first`, to be
+    /// verified, and later copies in the same batch to `deferred`, to wait
+    /// for the first copy's verdict ([`Pipeline::resolve_deferred`]): a
+    /// forgery that reuses the real signature and arrives first must not
+    /// suppress the real message.
+    fn screen_into<'a>(
         &mut self,
         now_ns: u64,
         wall_us: u64,
         batch: &[&'a [u8]],
-        views: &mut [Option<(Packet<'a>, u64)>; MAX_BATCH],
+        first: &mut Vec<Accepted<'a>>,
+        deferred: &mut Vec<Accepted<'a>>,
     ) {
+        let batch = &batch[..batch.len().min(MAX_BATCH)];
+        self.counters.received += batch.len() as u64;
+        let mut views: [Option<(Packet<'a>, u64)>; MAX_BATCH] = [None; MAX_BATCH];
         for (v, bytes) in views.iter_mut().zip(batch) {
             *v = self.screen(wall_us, bytes);
         }
         self.dups.clear();
-        for (i, v) in views.iter_mut().enumerate().take(batch.len()) {
-            if let Some((_, key)) = v
-                && self.seen.contains(*key, now_ns)
-            {
+        let start = first.len();
+        for (index, v) in views.iter().enumerate().take(batch.len()) {
+            let Some((packet, key)) = *v else {
+                continue;
+            };
+            if self.seen.contains(key, now_ns) {
                 self.counters.dropped[DropReason::Duplicate as usize] += 1;
-                self.dups.push(i as u16);
-                *v = None;
+                self.dups.push(index as u16);
+                continue;
+            }
+            let a = Accepted { index, packet, key };
+            if first[start..].iter().any(|f| f.key == key) {
+                deferred.push(a);
+            } else {
+                first.push(a);
             }
         }
     }
 
     /// The stages before signature verification, for drivers that verify on
-    /// other cores ([`crate::verify::workers`]): parse, replay window and
-    /// dedup probe. Survivors are appended to `out` (a second copy of the
-    /// same message in one batch is dropped as a duplicate). Each survivor
-    /// must later be settled with [`Pipeline::settle`] (or
-    /// [`Pipeline::count_unverified_drop`]) to keep the counters balanced.
+    /// other cores ([`crate::verify::workers`]): parse, replay window,
+    /// admission and dedup probe, with the same rule as
+    /// [`Pipeline::process`]. The first copy of each message is appended to
+    /// `first`; later copies of it in the same batch go to `deferred`. Each
+    /// entry of `first` must later be settled with [`Pipeline::settle`] (or
+    /// [`Pipeline::count_unverified_drop`]), and then `deferred` given to
+    /// [`Pipeline::resolve_deferred`] with the keys accepted, to keep the
+    /// counters balanced.
     pub fn screen_batch<'a>(
         &mut self,
         now_ns: u64,
         wall_us: u64,
         batch: &[&'a [u8]],
-        out: &mut Vec<Accepted<'a>>,
+        first: &mut Vec<Accepted<'a>>,
+        deferred: &mut Vec<Accepted<'a>>,
     ) {
-        let batch = &batch[..batch.len().min(MAX_BATCH)];
-        self.counters.received += batch.len() as u64;
-        let start = out.len();
-        let mut views: [Option<(Packet<'a>, u64)>; MAX_BATCH] = [None; MAX_BATCH];
-        self.screen_all(now_ns, wall_us, batch, &mut views);
-        for (i, v) in views.iter().enumerate().take(batch.len()) {
-            let Some((packet, key)) = *v else {
-                continue;
-            };
-            if out[start..].iter().any(|a| a.key == key) {
-                self.counters.dropped[DropReason::Duplicate as usize] += 1;
-                self.dups.push(i as u16);
-                continue;
-            }
-            out.push(Accepted {
-                index: i,
-                packet,
-                key,
-            });
-        }
+        self.screen_into(now_ns, wall_us, batch, first, deferred);
     }
 
-    /// Counts the verdict of a screened message: accepted, or
-    /// `bad_signature`.
-    pub fn settle(&mut self, kind: Kind, valid: bool) {
-        if valid {
-            self.counters.accepted[kind as usize & 7] += 1;
-        } else {
+    /// Counts the verdict of a screened message and returns whether it is
+    /// accepted: `bad_signature` when `valid` is false.
+    pub fn settle(&mut self, a: &Accepted<'_>, valid: bool) -> bool {
+        if !valid {
             self.counters.dropped[DropReason::BadSignature as usize] += 1;
+            return false;
         }
+        self.counters.accepted[a.packet.kind() as usize & 7] += 1;
+        true
+    }
+
+    /// [`Pipeline::settle`] for a verdict that comes back after later
+    /// batches were screened (the verify pool): a copy of the message may
+    /// have been accepted and committed meanwhile, and then this one is a
+    /// `duplicate` (returns false).
+    pub fn settle_late(&mut self, now_ns: u64, a: &Accepted<'_>, valid: bool) -> bool {
+        if valid && self.seen.contains(a.key, now_ns) {
+            self.counters.dropped[DropReason::Duplicate as usize] += 1;
+            return false;
+        }
+        self.settle(a, valid)
+    }
+
+    /// The second half of the screening rule, once the first copies'
+    /// verdicts are in (`accepted`: the keys accepted): a deferred copy of an
+    /// accepted message is a `duplicate` (counted, and appended to `dups` for
+    /// the driver's duplicate notices); of the others, the first copy of each
+    /// message moves to `next`, to be verified in turn (the earlier copy may
+    /// have been a forgery that reused the real signature), and later copies
+    /// stay in `deferred` for `next`'s verdicts.
+    pub fn resolve_deferred<'a>(
+        &mut self,
+        accepted: &[u64],
+        deferred: &mut Vec<Accepted<'a>>,
+        next: &mut Vec<Accepted<'a>>,
+        dups: &mut Vec<Accepted<'a>>,
+    ) {
+        let start = next.len();
+        let mut keep = 0;
+        for i in 0..deferred.len() {
+            let d = deferred[i];
+            if accepted.contains(&d.key) {
+                self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                dups.push(d);
+            } else if next[start..].iter().any(|n| n.key == d.key) {
+                deferred[keep] = d;
+                keep += 1;
+            } else {
+                next.push(d);
+            }
+        }
+        deferred.truncate(keep);
     }
 
     /// Counts a screened message dropped before its verdict (e.g. every
@@ -342,9 +398,9 @@ impl Pipeline {
     }
 
     /// Runs the stages over `batch` (at most [`MAX_BATCH`] datagrams; extra
-    /// ones are ignored and not counted). `now_ns` is the monotonic clock for
-    /// the seen-cache, `wall_us` the wall clock for the replay window.
-    /// Accepted packets are appended to `out` in input order.
+    /// ones are ignored and not counted), verifying inline. `now_ns` is the
+    /// monotonic clock for the seen-cache, `wall_us` the wall clock for the
+    /// replay window. Accepted packets are appended to `out` in input order.
     pub fn process<'a>(
         &mut self,
         now_ns: u64,
@@ -352,99 +408,51 @@ impl Pipeline {
         batch: &[&'a [u8]],
         out: &mut Vec<Accepted<'a>>,
     ) {
-        let batch = &batch[..batch.len().min(MAX_BATCH)];
-        self.counters.received += batch.len() as u64;
-        self.pending.clear();
-        self.keys.clear();
-        self.deferred.clear();
-        let mut screened: [Option<(Packet<'a>, u64)>; MAX_BATCH] = [None; MAX_BATCH];
-        let mut views: [Option<Packet<'a>>; MAX_BATCH] = [None; MAX_BATCH];
-
-        // Parse, replay window, admission, dedup probe.
-        self.screen_all(now_ns, wall_us, batch, &mut screened);
-        for (i, v) in screened.iter().enumerate().take(batch.len()) {
-            let Some((p, key)) = *v else {
-                continue;
-            };
-            // A second copy in the same batch waits for the first's verdict.
-            if self.keys.contains(&key) {
-                self.deferred.push(i);
-            } else {
-                self.pending.push(i);
-                self.keys.push(key);
+        let start = out.len();
+        let mut first = recycle(std::mem::take(&mut self.first));
+        let mut deferred = recycle(std::mem::take(&mut self.deferred));
+        let mut next = recycle(std::mem::take(&mut self.next));
+        let mut copies = recycle(std::mem::take(&mut self.copies));
+        let mut accepted = std::mem::take(&mut self.accepted_keys);
+        accepted.clear();
+        self.screen_into(now_ns, wall_us, batch, &mut first, &mut deferred);
+        // Rounds: verify the first copies as one batch, then let the deferred
+        // copies of the rejected ones take their place.
+        while !first.is_empty() {
+            let mut items: [VerifyItem<'a>; MAX_BATCH] = [VerifyItem::EMPTY; MAX_BATCH];
+            let n = first.len().min(MAX_BATCH);
+            for (item, a) in items.iter_mut().zip(&first) {
+                *item = a.verify_item();
             }
-            views[i] = Some(p);
+            verify::verify_batch(&items[..n], &mut self.verdicts[..n]);
+            for (slot, a) in first.iter().enumerate().take(n) {
+                if self.settle(a, self.verdicts[slot]) {
+                    accepted.push(a.key);
+                    out.push(*a);
+                }
+            }
+            next.clear();
+            copies.clear();
+            self.resolve_deferred(&accepted, &mut deferred, &mut next, &mut copies);
+            self.dups.extend(copies.iter().map(|c| c.index as u16));
+            std::mem::swap(&mut first, &mut next);
         }
-
-        // Verify the first copy of each message as one batch.
-        let mut items: [VerifyItem<'a>; MAX_BATCH] = [VerifyItem::EMPTY; MAX_BATCH];
-        let mut n = 0;
-        for &i in &self.pending {
-            if let Some(p) = views[i] {
-                items[n] = VerifyItem {
-                    public_key: p.origin(),
-                    message: p.signed_bytes(),
-                    signature: p.signature(),
-                };
-                n += 1;
-            }
-        }
-        verify::verify_batch(&items[..n], &mut self.verdicts[..n]);
-
-        let mut accepted_keys: [u64; MAX_BATCH] = [0; MAX_BATCH];
-        let mut n_acc = 0;
-        for slot in 0..self.pending.len() {
-            let i = self.pending[slot];
-            let (Some(p), key) = (views[i], self.keys[slot]) else {
-                continue;
-            };
-            if self.verdicts[slot] {
-                accepted_keys[n_acc] = key;
-                n_acc += 1;
-            }
-            self.record(i, p, key, self.verdicts[slot], out);
-        }
-
-        // Later copies: a duplicate if an earlier copy was accepted (in this
-        // batch), else verified on their own (the earlier copy may have been
-        // a forgery that reused the real signature).
-        for d in 0..self.deferred.len() {
-            let i = self.deferred[d];
-            let Some(p) = views[i] else { continue };
-            let key = self.seen.key(p.signature());
-            if accepted_keys[..n_acc].contains(&key) {
-                self.counters.dropped[DropReason::Duplicate as usize] += 1;
-                self.dups.push(i as u16);
-                continue;
-            }
-            let ok = verify::verify_one(&VerifyItem {
-                public_key: p.origin(),
-                message: p.signed_bytes(),
-                signature: p.signature(),
-            });
-            if ok {
-                accepted_keys[n_acc] = key;
-                n_acc += 1;
-            }
-            self.record(i, p, key, ok, out);
-        }
-        out.sort_by_key(|a| a.index);
+        out[start..].sort_by_key(|a| a.index);
+        self.first = recycle(first);
+        self.deferred = recycle(deferred);
+        self.next = recycle(next);
+        self.copies = recycle(copies);
+        self.accepted_keys = accepted;
     }
+}
 
-    /// Counts a verdict and appends an accepted packet to `out`.
-    fn record<'a>(
-        &mut self,
-        index: usize,
-        packet: Packet<'a>,
-        key: u64,
-        valid: bool,
-        out: &mut Vec<Accepted<'a>>,
-    ) {
-        self.settle(packet.kind(), valid);
-        if valid {
-            out.push(Accepted { index, packet, key });
-        }
-    }
+/// Reuses a vector's allocation for borrows of another lifetime: the vector
+/// is emptied first, and in-place collection keeps its buffer.
+pub(crate) fn recycle<'a, 'b>(mut v: Vec<Accepted<'a>>) -> Vec<Accepted<'b>> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("vector was cleared"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -554,10 +562,64 @@ mod tests {
         out.clear();
         p.process(1, NOW_US, &[&a, &b, &b], &mut out);
         assert_eq!(p.last_duplicates(), &[0, 2]);
-        // the verify-pool driver's screen reports the same
-        let mut screened = Vec::new();
-        p.screen_batch(2, NOW_US, &[&b, &a, &b], &mut screened);
-        assert_eq!(p.last_duplicates(), &[1, 2]);
+        // the verify-pool driver's screen reports copies seen before at once, and a
+        // same-batch copy once the first copy's verdict is in
+        let (mut first, mut deferred) = (Vec::new(), Vec::new());
+        p.screen_batch(2, NOW_US, &[&b, &a, &b], &mut first, &mut deferred);
+        assert_eq!(p.last_duplicates(), &[1]);
+        assert_eq!((first.len(), deferred.len()), (1, 1));
+        assert!(p.settle(&first[0], true));
+        let (mut next, mut dups) = (Vec::new(), Vec::new());
+        p.resolve_deferred(&[first[0].key], &mut deferred, &mut next, &mut dups);
+        assert!(next.is_empty() && deferred.is_empty());
+        assert_eq!(dups.iter().map(|d| d.index).collect::<Vec<_>>(), [2]);
+        balanced(&p);
+    }
+
+    /// The verify-pool driver's view of the pipeline: screen, verify the first copies (here
+    /// inline, as a pool worker would), settle, resolve the deferred copies, repeat.
+    fn pool_round_trip<'a>(p: &mut Pipeline, batch: &[&'a [u8]]) -> Vec<Accepted<'a>> {
+        let (mut first, mut deferred) = (Vec::new(), Vec::new());
+        p.screen_batch(0, NOW_US, batch, &mut first, &mut deferred);
+        let mut out = Vec::new();
+        let mut accepted = Vec::new();
+        while !first.is_empty() {
+            for a in &first {
+                let ok = crate::verify::verify_one(&a.verify_item());
+                if p.settle_late(0, a, ok) {
+                    accepted.push(a.key);
+                    out.push(*a);
+                }
+            }
+            let (mut next, mut dups) = (Vec::new(), Vec::new());
+            p.resolve_deferred(&accepted, &mut deferred, &mut next, &mut dups);
+            first = next;
+        }
+        out
+    }
+
+    #[test]
+    fn on_the_pool_path_a_forged_copy_first_in_a_batch_cannot_suppress_the_real_one() {
+        let id = Identity::from_seed([8; 32]);
+        let real = msg(&id, 1, NOW_US);
+        // Same signature bytes, tampered body.
+        let mut tampered = real.clone();
+        tampered[crate::wire::HEADER_LEN + 2] ^= 0x40;
+        // Same signature bytes, someone else's key.
+        let mut wrong_key = real.clone();
+        wrong_key[16..48].copy_from_slice(&Identity::from_seed([9; 32]).node_id().0);
+        let mut p = pipeline();
+        let out = pool_round_trip(&mut p, &[&tampered, &wrong_key, &real, &real]);
+        assert_eq!(out.len(), 1, "the real message is accepted");
+        assert_eq!(out[0].index, 2);
+        let c = p.counters();
+        assert_eq!(c.dropped[DropReason::BadSignature as usize], 2);
+        assert_eq!(
+            c.dropped[DropReason::Duplicate as usize],
+            1,
+            "the real one's copy"
+        );
+        balanced(&p);
     }
 
     #[test]
@@ -582,27 +644,19 @@ mod tests {
         let stale = msg(&id, 3, 1);
         let batch: Vec<&[u8]> = vec![&good, &bad, &stale, &good];
         let mut p = pipeline();
-        let mut out = Vec::new();
-        p.screen_batch(0, NOW_US, &batch, &mut out);
-        assert_eq!(
-            out.len(),
-            2,
-            "good and bad wait for verdicts; the copy is a duplicate"
-        );
-        for a in &out {
-            let ok = crate::verify::verify_one(&crate::verify::VerifyItem {
-                public_key: a.packet.origin(),
-                message: a.packet.signed_bytes(),
-                signature: a.packet.signature(),
-            });
-            p.settle(a.packet.kind(), ok);
-        }
+        let out = pool_round_trip(&mut p, &batch);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].index, 0);
         let c = p.counters();
         assert_eq!(c.accepted_total(), 1);
         assert_eq!(c.dropped[DropReason::BadSignature as usize], 1);
         assert_eq!(c.dropped[DropReason::Stale as usize], 1);
         assert_eq!(c.dropped[DropReason::Duplicate as usize], 1);
         balanced(&p);
+        let mut inline = pipeline();
+        let mut out = Vec::new();
+        inline.process(0, NOW_US, &batch, &mut out);
+        assert_eq!(inline.counters(), p.counters());
     }
 
     #[test]

@@ -27,10 +27,10 @@ use rand::rngs::SmallRng;
 
 use std::os::fd::RawFd;
 
-use crate::backend::{Backend, RxView};
+use crate::backend::{Backend, RxView, TxSink};
 use crate::clock::wall_us;
 use crate::forward::{ForwardSet, Forwarding};
-use crate::pipeline::{Accepted, DropReason, Pipeline, PipelineConfig};
+use crate::pipeline::{Accepted, DropReason, Pipeline, PipelineConfig, recycle};
 use crate::udp::{BatchSocket, UdpBackend, Waker, wait_readable};
 use crate::verify::workers::{PoolConfig, PoolStats, VerifyBatch, VerifyPool};
 use crate::wire::{self, Kind, Packet};
@@ -241,15 +241,29 @@ where
         let run = Run {
             backend,
             wait_fd: fd,
-            cfg,
-            forward,
-            inbound,
-            commands: cmd_rx,
-            waker: w,
-            stop: st,
-            stats: stt,
-            seed: u64::from_le_bytes(seed),
-            verify: pool.map(VerifyStage::new),
+            tile: Tile {
+                pipeline: {
+                    let mut p = Pipeline::new(cfg.pipeline);
+                    p.set_admission(cfg.admission.clone());
+                    p
+                },
+                fwd: Forwarding::new(
+                    cfg.fanout,
+                    SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
+                ),
+                cfg,
+                forward,
+                inbound,
+                commands: cmd_rx,
+                waker: w,
+                stop: st,
+                stats: stt,
+                verify: pool.map(VerifyStage::new),
+                origin: Instant::now(),
+                batches: 0,
+                first: Vec::with_capacity(crate::pipeline::MAX_BATCH),
+                deferred: Vec::with_capacity(crate::pipeline::MAX_BATCH),
+            },
         };
         run.run();
     })?;
@@ -295,92 +309,97 @@ pub mod handoff {
 struct Run<B: Backend> {
     backend: B,
     wait_fd: RawFd,
+    tile: Tile,
+}
+
+/// Everything of a running tile but its backend, so a batch borrowed from
+/// the backend can be processed while the tile's state is mutated.
+struct Tile {
     cfg: TileConfig,
+    pipeline: Pipeline,
+    fwd: Forwarding,
     forward: Arc<ArcSwap<ForwardSet>>,
     inbound: handoff::InboundSender,
     commands: Receiver<Command>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     stats: Arc<TileStats>,
-    seed: u64,
     verify: Option<VerifyStage>,
+    /// Origin of the monotonic clock the seen-cache uses.
+    origin: Instant,
+    batches: u64,
+    // Scratch for a batch's screened messages (emptied between uses).
+    first: Vec<Accepted<'static>>,
+    deferred: Vec<Accepted<'static>>,
 }
 
-/// What the accept step needs from the tile, borrowed apart from the backend.
-struct AcceptCtx<'r> {
-    inbound: &'r handoff::InboundSender,
-    stop: &'r AtomicBool,
-    peers: &'r [SocketAddr],
-}
-
-impl<'r> AcceptCtx<'r> {
-    fn new(
-        inbound: &'r handoff::InboundSender,
-        stop: &'r AtomicBool,
-        forward: &'r ForwardSet,
-    ) -> AcceptCtx<'r> {
-        AcceptCtx {
-            inbound,
-            stop,
-            peers: &forward.peers,
-        }
-    }
-}
-
-/// A verified message: hand it to the control plane, mark it seen, and
-/// queue its forwarding. Returns false when the control plane is gone.
-#[allow(clippy::too_many_arguments)]
-fn accept(
-    ctx: &mut AcceptCtx<'_>,
-    pipeline: &mut Pipeline,
-    fwd: &mut Forwarding,
-    packet: &Packet<'_>,
-    from: SocketAddr,
-    key: u64,
-    now_ns: u64,
+/// Where a batch came from, for the messages it hands on.
+#[derive(Clone, Copy)]
+struct Source {
+    /// Local wall clock at receipt, µs since the Unix epoch.
     wall: u64,
-) -> bool {
-    let kind = packet.kind();
-    let msg = Inbound {
-        bytes: packet.as_bytes().to_vec(),
-        kind,
-        from,
-        received_us: wall,
-        duplicate: false,
-    };
-    match (ctx.inbound)(msg) {
-        handoff::SendOutcome::Sent => {}
-        handoff::SendOutcome::Full => {
-            pipeline.count_queue_full(kind);
-            return true;
-        }
-        handoff::SendOutcome::Closed => {
-            ctx.stop.store(true, Ordering::Release);
-            return false;
-        }
-    }
-    pipeline.commit(key, now_ns);
-    fwd.queue(ctx.peers, packet, from);
-    true
 }
 
-/// Messages waiting for the verify pool: owned copies of their datagrams.
+/// A screened message kept for the verify pool: where its owned copy is and
+/// what the tile needs once the verdict is back.
+#[derive(Clone, Copy)]
+struct HeldItem {
+    span: (usize, usize),
+    index: usize,
+    key: u64,
+    from: SocketAddr,
+}
+
+/// Messages waiting for the verify pool: owned copies of their datagrams
+/// (the receive buffers are recycled before the verdicts come back). `items`
+/// are in the pool batch, in its order; `deferred` are their later copies
+/// from the same batch, waiting for those verdicts (see
+/// [`Pipeline::resolve_deferred`]).
 #[derive(Default)]
 struct Held {
     tag: u64,
     bytes: Vec<u8>,
-    spans: Vec<(usize, usize)>,
-    from: Vec<SocketAddr>,
-    keys: Vec<u64>,
-    wall: u64,
+    items: Vec<HeldItem>,
+    deferred: Vec<HeldItem>,
+    src: Option<Source>,
 }
 
 impl Held {
     fn clear(&mut self) {
         self.bytes.clear();
-        self.spans.clear();
-        self.from.clear();
-        self.keys.clear();
+        self.items.clear();
+        self.deferred.clear();
+    }
+
+    /// Keeps an owned copy of `a` (received from `from`).
+    fn hold(&mut self, a: &Accepted<'_>, from: SocketAddr) -> HeldItem {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(a.packet.as_bytes());
+        HeldItem {
+            span: (start, self.bytes.len()),
+            index: a.index,
+            key: a.key,
+            from,
+        }
+    }
+
+    /// The screened view of a held item (its bytes parsed in place again).
+    fn view(&self, item: &HeldItem) -> Option<Accepted<'_>> {
+        let bytes = self.bytes.get(item.span.0..item.span.1)?;
+        let packet = Packet::parse(bytes).ok()?;
+        Some(Accepted {
+            index: item.index,
+            packet,
+            key: item.key,
+        })
+    }
+
+    fn source_of(&self, index: usize) -> SocketAddr {
+        self.items
+            .iter()
+            .chain(&self.deferred)
+            .find(|h| h.index == index)
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |h| h.from)
     }
 }
 
@@ -403,36 +422,70 @@ impl VerifyStage {
             next_tag: 0,
         }
     }
+
+    /// Submits `first` to the pool (owned copies kept beside, with the
+    /// `deferred` copies); when every verify queue is full they are all
+    /// counted as `queue_full` (not marked seen).
+    fn submit(
+        &mut self,
+        pipeline: &mut Pipeline,
+        first: &[Accepted<'_>],
+        deferred: &[Accepted<'_>],
+        from: &dyn Fn(usize) -> SocketAddr,
+        src: Source,
+    ) {
+        if first.is_empty() {
+            return;
+        }
+        let mut vb = self.free_batches.pop().unwrap_or_else(|| {
+            VerifyBatch::with_capacity(
+                crate::pipeline::MAX_BATCH,
+                crate::pipeline::MAX_BATCH * wire::MAX_DATAGRAM,
+            )
+        });
+        let mut held = self.free_held.pop().unwrap_or_default();
+        self.next_tag = self.next_tag.wrapping_add(1);
+        vb.tag = self.next_tag;
+        held.tag = self.next_tag;
+        held.src = Some(src);
+        for a in first {
+            let p = &a.packet;
+            vb.push(p.origin(), p.signed_bytes(), p.signature());
+            let item = held.hold(a, from(a.index));
+            held.items.push(item);
+        }
+        for a in deferred {
+            let item = held.hold(a, from(a.index));
+            held.deferred.push(item);
+        }
+        match self.pool.submit(vb) {
+            Ok(()) => self.in_flight.push(held),
+            Err(mut vb) => {
+                for _ in first.iter().chain(deferred) {
+                    pipeline.count_unverified_drop(DropReason::QueueFull);
+                }
+                vb.clear();
+                self.free_batches.push(vb);
+                held.clear();
+                self.free_held.push(held);
+            }
+        }
+    }
 }
 
 impl<B: Backend> Run<B> {
     fn run(mut self) {
-        let origin = Instant::now();
-        let mut pipeline = Pipeline::new(self.cfg.pipeline);
-        pipeline.set_admission(self.cfg.admission.clone());
-        let mut accepted_store: Vec<Accepted<'static>> =
-            Vec::with_capacity(crate::pipeline::MAX_BATCH);
-        let mut fwd = Forwarding::new(self.cfg.fanout, SmallRng::seed_from_u64(self.seed));
-        let mut batches = 0u64;
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.tile.stop.load(Ordering::Acquire) {
             // Verdicts come back from other cores: poll briefly while any are out.
-            let wait = match &self.verify {
+            let wait = match &self.tile.verify {
                 Some(v) if !v.in_flight.is_empty() => Duration::from_micros(200),
-                _ => self.cfg.idle_wait,
+                _ => self.tile.cfg.idle_wait,
             };
-            if let Err(e) = wait_readable(self.wait_fd, &self.waker, wait) {
+            if let Err(e) = wait_readable(self.wait_fd, &self.tile.waker, wait) {
                 tracing::warn!(error = %e, "poll failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let now_ns = origin.elapsed().as_nanos() as u64;
-            // Local publishes: mark seen, then forward like a received message.
-            while let Ok(Command::Publish(bytes)) = self.commands.try_recv() {
-                if let Ok(p) = Packet::parse(&bytes) {
-                    pipeline.mark_seen(p.signature(), now_ns);
-                    let (_, tx) = self.backend.halves();
-                    fwd.publish(&self.forward.load(), &bytes, tx);
-                }
-            }
+            self.commands();
             // Drain the socket in batches.
             loop {
                 let n = match self.backend.recv_batch() {
@@ -445,106 +498,195 @@ impl<B: Backend> Run<B> {
                 if n == 0 {
                     break;
                 }
-                batches += 1;
-                let now_ns = origin.elapsed().as_nanos() as u64;
-                let wall = wall_us();
-                let (batch, tx_sink) = self.backend.halves();
-                let n = n.min(batch.len());
+                let (batch, tx) = self.backend.halves();
+                let n = n.min(batch.len()).min(crate::pipeline::MAX_BATCH);
                 let mut views: [&[u8]; crate::pipeline::MAX_BATCH] =
                     [&[]; crate::pipeline::MAX_BATCH];
                 for (i, v) in views.iter_mut().enumerate().take(n) {
                     *v = batch.packet(i);
                 }
-                let mut accepted = recycle(std::mem::take(&mut accepted_store));
-                if let Some(vs) = self.verify.as_mut() {
-                    // Screen here, verify on the pool's cores.
-                    pipeline.screen_batch(now_ns, wall, &views[..n], &mut accepted);
-                    if !accepted.is_empty() {
-                        submit(vs, &mut pipeline, &accepted, |i| batch.from(i), wall);
-                    }
-                } else {
-                    pipeline.process(now_ns, wall, &views[..n], &mut accepted);
-                    let peers = self.forward.load();
-                    let mut ctx = AcceptCtx::new(&self.inbound, &self.stop, &peers);
-                    for a in &accepted {
-                        if !accept(
-                            &mut ctx,
-                            &mut pipeline,
-                            &mut fwd,
-                            &a.packet,
-                            batch.from(a.index),
-                            a.key,
-                            now_ns,
-                            wall,
-                        ) {
-                            break;
-                        }
-                    }
-                    fwd.flush(tx_sink);
-                }
-                // After the batch's own first copies (handed on inline, or submitted to
-                // the pool), so the control plane tends to know a message before it hears
-                // of its duplicates.
-                if self.cfg.report_duplicates {
-                    report_duplicates(
-                        &pipeline,
-                        &views,
-                        |i| batch.from(i),
-                        &self.forward,
-                        &self.inbound,
-                        wall,
-                    );
-                }
-                accepted_store = recycle(accepted);
-                self.publish(&pipeline, &fwd, batches);
+                let src = Source { wall: wall_us() };
+                self.tile.ingest(&views[..n], &|i| batch.from(i), src, tx);
             }
-            // Verdicts from the pool.
-            if let Some(vs) = self.verify.as_mut() {
-                let now_ns = origin.elapsed().as_nanos() as u64;
-                let peers = self.forward.load();
-                let mut ctx = AcceptCtx::new(&self.inbound, &self.stop, &peers);
-                while let Some(mut vb) = vs.pool.try_recv() {
-                    let Some(pos) = vs.in_flight.iter().position(|h| h.tag == vb.tag) else {
-                        vb.clear();
-                        vs.free_batches.push(vb);
-                        continue;
-                    };
-                    let mut held = vs.in_flight.swap_remove(pos);
-                    for (i, &(start, end)) in held.spans.iter().enumerate() {
-                        let Ok(p) = Packet::parse(&held.bytes[start..end]) else {
-                            continue;
-                        };
-                        let ok = vb.verdicts().get(i).copied().unwrap_or(false);
-                        pipeline.settle(p.kind(), ok);
-                        if ok
-                            && !accept(
-                                &mut ctx,
-                                &mut pipeline,
-                                &mut fwd,
-                                &p,
-                                held.from[i],
-                                held.keys[i],
-                                now_ns,
-                                held.wall,
-                            )
-                        {
-                            break;
-                        }
-                    }
-                    let (_, tx) = self.backend.halves();
-                    fwd.flush(tx);
-                    held.clear();
-                    vs.free_held.push(held);
-                    vb.clear();
-                    vs.free_batches.push(vb);
-                }
+            if self.tile.verify.is_some() {
+                let (_, tx) = self.backend.halves();
+                self.tile.verdicts(tx);
             }
-            self.publish(&pipeline, &fwd, batches);
+            self.tile.publish();
         }
     }
 
-    fn publish(&self, pipeline: &Pipeline, fwd: &Forwarding, batches: u64) {
-        let c = pipeline.counters();
+    /// Drains the commands from the control plane.
+    fn commands(&mut self) {
+        let t = &mut self.tile;
+        while let Ok(cmd) = t.commands.try_recv() {
+            match cmd {
+                // Local publishes: mark seen, then forward like a received message.
+                Command::Publish(bytes) => {
+                    if let Ok(p) = Packet::parse(&bytes) {
+                        t.pipeline.mark_seen(p.signature(), t.now_ns());
+                        let (_, tx) = self.backend.halves();
+                        t.fwd.publish(&t.forward.load(), &bytes, tx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Tile {
+    fn now_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// Runs one batch through the pipeline: screened, verified inline or
+    /// submitted to the verify pool, and what is accepted handed on and
+    /// forwarded.
+    fn ingest<T: TxSink>(
+        &mut self,
+        views: &[&[u8]],
+        from: &dyn Fn(usize) -> SocketAddr,
+        src: Source,
+        tx: &mut T,
+    ) {
+        self.batches += 1;
+        let now_ns = self.now_ns();
+        let mut first = recycle(std::mem::take(&mut self.first));
+        if let Some(vs) = self.verify.as_mut() {
+            // Screen here, verify on the pool's cores.
+            let mut deferred = recycle(std::mem::take(&mut self.deferred));
+            self.pipeline
+                .screen_batch(now_ns, src.wall, views, &mut first, &mut deferred);
+            vs.submit(&mut self.pipeline, &first, &deferred, from, src);
+            self.deferred = recycle(deferred);
+        } else {
+            self.pipeline.process(now_ns, src.wall, views, &mut first);
+            let set = self.forward.load();
+            for a in &first {
+                if !self.accept(&set.peers, a, from(a.index), src, now_ns) {
+                    break;
+                }
+            }
+            self.fwd.flush(tx);
+        }
+        self.first = recycle(first);
+        // After the batch's own first copies (handed on inline, or submitted to
+        // the pool), so the control plane tends to know a message before it hears
+        // of its duplicates.
+        if self.cfg.report_duplicates {
+            let dups = self.pipeline.last_duplicates();
+            let copies = dups.iter().filter_map(|&i| {
+                let i = usize::from(i);
+                let p = Packet::parse(views.get(i)?).ok()?;
+                Some((*p.signature(), p.kind(), from(i)))
+            });
+            report_duplicates(copies, &self.forward, &self.inbound, src.wall);
+        }
+        self.publish();
+    }
+
+    /// Takes the verify pool's verdicts: settles, hands on and forwards the
+    /// accepted messages, then resolves their deferred copies (submitting
+    /// the copies of rejected messages in turn).
+    fn verdicts<T: TxSink>(&mut self, tx: &mut T) {
+        let Some(mut vs) = self.verify.take() else {
+            return;
+        };
+        let set = self.forward.load();
+        let mut accepted_keys: Vec<u64> = Vec::new();
+        while let Some(mut vb) = vs.pool.try_recv() {
+            let Some(pos) = vs.in_flight.iter().position(|h| h.tag == vb.tag) else {
+                vb.clear();
+                vs.free_batches.push(vb);
+                continue;
+            };
+            let now_ns = self.now_ns();
+            let mut held = vs.in_flight.swap_remove(pos);
+            let src = held.src.unwrap_or(Source { wall: wall_us() });
+            accepted_keys.clear();
+            for (i, item) in held.items.iter().enumerate() {
+                let Some(a) = held.view(item) else {
+                    continue;
+                };
+                let ok = vb.verdicts().get(i).copied().unwrap_or(false);
+                if self.pipeline.settle_late(now_ns, &a, ok) {
+                    accepted_keys.push(a.key);
+                    if !self.accept(&set.peers, &a, item.from, src, now_ns) {
+                        break;
+                    }
+                }
+            }
+            self.fwd.flush(tx);
+            if !held.deferred.is_empty() {
+                let mut deferred: Vec<Accepted<'_>> =
+                    held.deferred.iter().filter_map(|d| held.view(d)).collect();
+                let (mut next, mut dups) = (Vec::new(), Vec::new());
+                self.pipeline
+                    .resolve_deferred(&accepted_keys, &mut deferred, &mut next, &mut dups);
+                vs.submit(
+                    &mut self.pipeline,
+                    &next,
+                    &deferred,
+                    &|i| held.source_of(i),
+                    src,
+                );
+                if self.cfg.report_duplicates {
+                    let copies = dups.iter().map(|d| {
+                        (
+                            *d.packet.signature(),
+                            d.packet.kind(),
+                            held.source_of(d.index),
+                        )
+                    });
+                    report_duplicates(copies, &self.forward, &self.inbound, src.wall);
+                }
+            }
+            held.clear();
+            vs.free_held.push(held);
+            vb.clear();
+            vs.free_batches.push(vb);
+        }
+        self.verify = Some(vs);
+    }
+
+    /// A verified message: hand it to the control plane, mark it seen, and
+    /// queue its forwarding to `peers`. Returns false when the control plane
+    /// is gone.
+    fn accept(
+        &mut self,
+        peers: &[SocketAddr],
+        a: &Accepted<'_>,
+        from: SocketAddr,
+        src: Source,
+        now_ns: u64,
+    ) -> bool {
+        let packet = &a.packet;
+        let kind = packet.kind();
+        let msg = Inbound {
+            bytes: packet.as_bytes().to_vec(),
+            kind,
+            from,
+            received_us: src.wall,
+            duplicate: false,
+        };
+        match (self.inbound)(msg) {
+            handoff::SendOutcome::Sent => {}
+            handoff::SendOutcome::Full => {
+                self.pipeline.count_queue_full(kind);
+                return true;
+            }
+            handoff::SendOutcome::Closed => {
+                self.stop.store(true, Ordering::Release);
+                return false;
+            }
+        }
+        self.pipeline.commit(a.key, now_ns);
+        self.fwd.queue(peers, packet, from);
+        true
+    }
+
+    fn publish(&self) {
+        let c = self.pipeline.counters();
         let s = &self.stats;
         s.received.store(c.received, Ordering::Relaxed);
         for (a, v) in s.accepted.iter().zip(c.accepted.iter()) {
@@ -553,106 +695,41 @@ impl<B: Backend> Run<B> {
         for (a, v) in s.dropped.iter().zip(c.dropped.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
-        s.forwarded.store(fwd.sent, Ordering::Relaxed);
-        s.tx_failed.store(fwd.failed, Ordering::Relaxed);
-        s.batches.store(batches, Ordering::Relaxed);
+        s.forwarded.store(self.fwd.sent, Ordering::Relaxed);
+        s.tx_failed.store(self.fwd.failed, Ordering::Relaxed);
+        s.batches.store(self.batches, Ordering::Relaxed);
         s.dedup_live_evictions
-            .store(pipeline.seen_stats().live_evictions, Ordering::Relaxed);
+            .store(self.pipeline.seen_stats().live_evictions, Ordering::Relaxed);
     }
 }
 
-/// Copies screened messages into a pool batch and submits it; when every
-/// verify queue is full they are counted as `queue_full` (not marked seen).
-fn submit(
-    vs: &mut VerifyStage,
-    pipeline: &mut Pipeline,
-    screened: &[Accepted<'_>],
-    from: impl Fn(usize) -> SocketAddr,
-    wall: u64,
-) {
-    let mut vb = vs.free_batches.pop().unwrap_or_else(|| {
-        VerifyBatch::with_capacity(
-            crate::pipeline::MAX_BATCH,
-            crate::pipeline::MAX_BATCH * wire::MAX_DATAGRAM,
-        )
-    });
-    let mut held = vs.free_held.pop().unwrap_or_default();
-    vs.next_tag = vs.next_tag.wrapping_add(1);
-    vb.tag = vs.next_tag;
-    held.tag = vs.next_tag;
-    held.wall = wall;
-    for a in screened {
-        let p = &a.packet;
-        vb.push(p.origin(), p.signed_bytes(), p.signature());
-        let start = held.bytes.len();
-        held.bytes.extend_from_slice(p.as_bytes());
-        held.spans.push((start, held.bytes.len()));
-        held.from.push(from(a.index));
-        held.keys.push(a.key);
-    }
-    match vs.pool.submit(vb) {
-        Ok(()) => vs.in_flight.push(held),
-        Err(mut vb) => {
-            for _ in screened {
-                pipeline.count_unverified_drop(DropReason::QueueFull);
-            }
-            vb.clear();
-            vs.free_batches.push(vb);
-            held.clear();
-            vs.free_held.push(held);
-        }
-    }
-}
-
-/// Reuses a vector's allocation for borrows of another lifetime: the vector
-/// is emptied first, and in-place collection keeps its buffer.
-fn recycle<'a, 'b>(mut v: Vec<Accepted<'a>>) -> Vec<Accepted<'b>> {
-    v.clear();
-    v.into_iter()
-        .map(|_| unreachable!("vector was cleared"))
-        .collect()
-}
-
-fn core_affinity_pin(core: usize) -> bool {
-    core_affinity::set_for_current(core_affinity::CoreId { id: core })
-}
-
-/// Hands the control plane a notice for each duplicate data message of the
-/// last batch that came from a forward-set peer. Advisory: a full queue just
-/// loses the notice (the duplicate itself is already counted).
+/// Hands the control plane a notice for each duplicate data message (its
+/// signature, kind and source) that came from a forward-set peer. Advisory:
+/// a full queue just loses the notice (the duplicate itself is already
+/// counted).
 fn report_duplicates(
-    pipeline: &Pipeline,
-    views: &[&[u8]],
-    from: impl Fn(usize) -> SocketAddr,
+    copies: impl Iterator<Item = ([u8; wire::SIGNATURE_LEN], Kind, SocketAddr)>,
     forward: &ArcSwap<ForwardSet>,
     inbound: &handoff::InboundSender,
     wall: u64,
 ) {
-    let dups = pipeline.last_duplicates();
-    if dups.is_empty() {
-        return;
-    }
     let peers = forward.load();
-    for &i in dups {
-        let i = usize::from(i);
-        let src = from(i);
-        if !peers.peers.contains(&src) {
-            continue;
-        }
-        let Some(Ok(p)) = views.get(i).map(|v| Packet::parse(v)) else {
-            continue;
-        };
-        if p.kind() != Kind::Data {
+    for (signature, kind, src) in copies {
+        if kind != Kind::Data || !peers.peers.contains(&src) {
             continue;
         }
         let _ = inbound(Inbound {
-            bytes: p.signature().to_vec(),
+            bytes: signature.to_vec(),
             kind: Kind::Data,
             from: src,
             received_us: wall,
             duplicate: true,
         });
     }
+}
+
+fn core_affinity_pin(core: usize) -> bool {
+    core_affinity::set_for_current(core_affinity::CoreId { id: core })
 }
 
 #[cfg(test)]
@@ -663,6 +740,107 @@ mod tests {
     fn recv_from(s: &std::net::UdpSocket) -> Option<Vec<u8>> {
         let mut buf = [0u8; 2048];
         s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    }
+
+    fn test_config(verify_pool: Option<PoolConfig>) -> TileConfig {
+        TileConfig {
+            batch_size: 8,
+            fanout: MAX_FANOUT,
+            pipeline: PipelineConfig {
+                replay_window_us: 60_000_000,
+                max_clock_skew_us: 5_000_000,
+                dedup_capacity: 1024,
+                dedup_seed: 1,
+            },
+            idle_wait: Duration::from_millis(5),
+            core: None,
+            verify_pool,
+            admission: None,
+            report_duplicates: false,
+        }
+    }
+
+    /// Waits until `done(stats)` or two seconds.
+    fn wait_stats(tile: &TileHandle, done: impl Fn(&TileStats) -> bool) {
+        let until = Instant::now() + Duration::from_secs(2);
+        while !done(tile.stats()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn drop_count(tile: &TileHandle, r: DropReason) -> u64 {
+        tile.stats().dropped[r as usize].load(Ordering::Relaxed)
+    }
+
+    fn accepted_count(tile: &TileHandle) -> u64 {
+        tile.stats()
+            .accepted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The two verify paths, given one batch whose first datagram is a forgery reusing the
+    /// real message's signature (same signature bytes, tampered body) and whose second is
+    /// the real message: the real one is accepted and the forgery counted `bad_signature`.
+    #[test]
+    fn a_forged_copy_first_in_a_batch_does_not_suppress_the_real_one_on_either_path() {
+        for pool in [None, Some(PoolConfig::default())] {
+            let on_pool = pool.is_some();
+            let id = crate::identity::Identity::from_seed([9; 32]);
+            let mut payload = Vec::new();
+            wire::data_payload("t", b"the real body", &mut payload).unwrap();
+            let mut real = Vec::new();
+            id.seal(Kind::Data, 1, 1, wall_us(), &payload, &mut real)
+                .unwrap();
+            let mut forged = real.clone();
+            forged[wire::HEADER_LEN + 3] ^= 0x20;
+            let sock = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20, 1 << 20).unwrap();
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            // Both are queued before the tile starts, so its first receive takes them as
+            // one batch.
+            sender.send_to(&forged, sock.local_addr().unwrap()).unwrap();
+            sender.send_to(&real, sock.local_addr().unwrap()).unwrap();
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let forward = Arc::new(ArcSwap::from_pointee(ForwardSet::default()));
+            let mut tile = spawn_udp_tile(
+                sock,
+                test_config(pool),
+                forward,
+                Box::new(move |m| {
+                    let _ = tx.send(m);
+                    handoff::SendOutcome::Sent
+                }),
+            )
+            .unwrap();
+            wait_stats(&tile, |s| {
+                s.accepted
+                    .iter()
+                    .map(|a| a.load(Ordering::Relaxed))
+                    .sum::<u64>()
+                    + s.dropped
+                        .iter()
+                        .map(|a| a.load(Ordering::Relaxed))
+                        .sum::<u64>()
+                    >= 2
+            });
+            assert_eq!(tile.stats().batches.load(Ordering::Relaxed), 1, "one batch");
+            assert_eq!(accepted_count(&tile), 1, "pool {on_pool}: the real message");
+            assert_eq!(
+                drop_count(&tile, DropReason::BadSignature),
+                1,
+                "pool {on_pool}"
+            );
+            assert_eq!(
+                drop_count(&tile, DropReason::Duplicate),
+                0,
+                "pool {on_pool}"
+            );
+            let got: Vec<_> = rx.try_iter().collect();
+            assert_eq!(got.len(), 1, "pool {on_pool}");
+            assert_eq!(got[0].bytes, real, "pool {on_pool}");
+            tile.stop();
+        }
     }
 
     #[test]

@@ -174,8 +174,31 @@ async fn deny_or_allow(s: Arc<Service>, body: axum::body::Bytes, deny: bool) -> 
 pub struct RateRequest {
     /// Packets per second allowed per source address (0 = no limit).
     pub pps: u64,
-    /// Bucket depth, packets (1..=1e9).
+    /// Bucket depth, packets (1..=1e9; ignored, and may be 0, when `pps` is 0).
+    #[serde(default)]
     pub burst: u64,
+}
+
+/// Most packets per second a rate may allow (the XDP program's limit).
+const MAX_RATE: u64 = 1_000_000_000;
+
+/// Checks a rate request: `pps` 0..=1e9 (0 = no limit, and then `burst` may be 0), `burst`
+/// 1..=1e9 otherwise. Returns the `(pps, burst)` to write.
+fn check_rate(req: &RateRequest) -> Result<(u64, u64), String> {
+    if req.pps > MAX_RATE {
+        return Err(format!(
+            "pps must be 0..={MAX_RATE} (0 = no limit), got {}",
+            req.pps
+        ));
+    }
+    if req.pps == 0 {
+        // Off: the bucket depth is unused; keep a valid one.
+        return Ok((0, req.burst.clamp(1, MAX_RATE)));
+    }
+    if !(1..=MAX_RATE).contains(&req.burst) {
+        return Err(format!("burst must be 1..={MAX_RATE}, got {}", req.burst));
+    }
+    Ok((req.pps, req.burst))
 }
 
 async fn rate(State(s): State<Arc<Service>>, body: axum::body::Bytes) -> Response {
@@ -183,17 +206,21 @@ async fn rate(State(s): State<Arc<Service>>, body: axum::body::Bytes) -> Respons
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
     };
-    if !(1..=1_000_000_000).contains(&req.burst) {
-        return error(StatusCode::BAD_REQUEST, "burst must be 1..=1000000000");
-    }
+    let (pps, burst) = match check_rate(&req) {
+        Ok(x) => x,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     let Some(x) = s.xdp.as_ref() else {
         return error(
             StatusCode::CONFLICT,
             "the XDP backend is not active on this node",
         );
     };
-    match x.set_rate(req.pps, req.burst) {
-        Ok(()) => Json(serde_json::json!({ "pps": req.pps, "burst": req.burst })).into_response(),
+    match x.set_rate(pps, burst) {
+        Ok(()) => Json(serde_json::json!({ "pps": pps, "burst": burst })).into_response(),
+        Err(e @ dataplane::xdp::XdpError::Setting { .. }) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -296,6 +323,21 @@ async fn accept(
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn rate_zero_turns_the_limit_off_and_out_of_range_is_a_client_error() {
+        let r = |pps, burst| check_rate(&RateRequest { pps, burst });
+        assert_eq!(
+            r(0, 0),
+            Ok((0, 1)),
+            "`meshctl rate 0 0` turns the limit off"
+        );
+        assert_eq!(r(1000, 200), Ok((1000, 200)));
+        assert!(r(1000, 0).is_err(), "a limit needs a bucket");
+        let huge = r(u64::MAX, 10).expect_err("over the XDP limit");
+        assert!(huge.contains("pps"), "{huge}");
+        assert!(r(10, u64::MAX).is_err());
+    }
 
     #[tokio::test]
     async fn accepted_connections_get_tcp_nodelay_and_a_slot() {

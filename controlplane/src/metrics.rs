@@ -441,6 +441,31 @@ impl Metrics {
         })
     }
 
+    /// The `mesh.overlay.view.size` series of `view` (typed: no label string to misspell).
+    pub fn view_size(&self, view: label::OverlayView) -> IntGauge {
+        self.overlay_view.with_label_values(&[view.as_str()])
+    }
+
+    /// The `mesh.membership.members` series of `status`.
+    pub fn member_count(&self, status: label::MemberStatus) -> IntGauge {
+        self.members.with_label_values(&[status.as_str()])
+    }
+
+    /// The `mesh.overlay.frames` series of `outcome`.
+    pub fn frames(&self, outcome: label::OverlayFrameOutcome) -> IntCounter {
+        self.overlay_frames.with_label_values(&[outcome.as_str()])
+    }
+
+    /// The `mesh.xdp.attached` series of `mode`.
+    pub fn xdp_attached_in(&self, mode: dataplane::xdp::XdpMode) -> IntGauge {
+        self.xdp_attached.with_label_values(&[mode.as_str()])
+    }
+
+    /// The `mesh.xsk.sockets` series of `mode`.
+    pub fn xsk_sockets_in(&self, mode: dataplane::xsk::BindMode) -> IntGauge {
+        self.xsk_sockets.with_label_values(&[mode.as_str()])
+    }
+
     /// Folds the tiles' published counters (summed) and the XDP program's
     /// counters into the exported ones.
     pub fn refresh(
@@ -737,6 +762,53 @@ mod tests {
             value(&m.render(), "mesh_dataplane_packets_received_total"),
             13.0
         );
+    }
+
+    #[test]
+    fn typed_series_are_the_registry_series() {
+        let m = Metrics::new().expect("metrics register");
+        m.view_size(label::OverlayView::Eager).set(3);
+        m.member_count(label::MemberStatus::Suspect).set(2);
+        m.frames(label::OverlayFrameOutcome::Invalid).inc_by(4);
+        m.xdp_attached_in(dataplane::xdp::XdpMode::Generic).set(1);
+        m.xsk_sockets_in(dataplane::xsk::BindMode::ZeroCopy).inc();
+        let t = m.render();
+        for (series, v) in [
+            ("mesh_overlay_view_size{mesh_overlay_view=\"eager\"}", 3.0),
+            ("mesh_overlay_view_size{mesh_overlay_view=\"lazy\"}", 0.0),
+            (
+                "mesh_membership_members{mesh_member_status=\"suspect\"}",
+                2.0,
+            ),
+            (
+                "mesh_overlay_frames_total{mesh_overlay_frame_outcome=\"invalid\"}",
+                4.0,
+            ),
+            ("mesh_xdp_attached{mesh_xdp_mode=\"generic\"}", 1.0),
+            ("mesh_xdp_attached{mesh_xdp_mode=\"native\"}", 0.0),
+            ("mesh_xsk_sockets{mesh_xsk_bind_mode=\"zero_copy\"}", 1.0),
+        ] {
+            assert_eq!(value(&t, series), v, "{series}");
+        }
+        // No series outside the registry members appeared.
+        m.registry.gather().iter().for_each(|f| {
+            let def = metric::METRICS
+                .iter()
+                .find(|d| d.prometheus_name() == f.name())
+                .expect("registry metric");
+            for x in f.get_metric() {
+                for l in x.get_label() {
+                    let a = def.attributes[0];
+                    assert!(
+                        a.members.is_empty() || a.members.contains(&l.value()),
+                        "{}: {} is not a member of {}",
+                        def.name,
+                        l.value(),
+                        a.id
+                    );
+                }
+            }
+        });
     }
 
     #[test]

@@ -310,9 +310,7 @@ pub struct Metrics {
     transmit_failed: IntCounter,
     dedup_evicted: IntCounter,
     batches: IntCounter,
-    /// Repaired messages the control plane handed to the fast path's pipeline (to be folded in
-    /// from the tiles by [`Metrics::refresh`] once `TileStats` counts them).
-    pub repairs: IntCounter,
+    repairs: IntCounter,
     /// Data messages delivered to local agents.
     pub delivered: IntCounter,
     /// Data messages published by local agents.
@@ -384,6 +382,7 @@ struct Snapshot {
     tx_failed: u64,
     evicted: u64,
     batches: u64,
+    repairs: u64,
     xdp: [u64; dataplane::xdp::Reason::COUNT],
 }
 
@@ -521,6 +520,10 @@ impl Metrics {
         self.batches.inc_by(delta(
             sum(&|t| t.batches.load(Ordering::Relaxed)),
             &mut last.batches,
+        ));
+        self.repairs.inc_by(delta(
+            sum(&|t| t.repairs.load(Ordering::Relaxed)),
+            &mut last.repairs,
         ));
         if let Some(Ok(counts)) = xdp.map(|x| x.counters()) {
             for reason in dataplane::xdp::Reason::ALL {
@@ -732,6 +735,7 @@ mod tests {
             Arc::new(TileStats::default()),
         ];
         tiles[0].received.store(5, Ordering::Relaxed);
+        tiles[1].repairs.store(4, Ordering::Relaxed);
         tiles[1].received.store(7, Ordering::Relaxed);
         tiles[0].accepted[1].store(3, Ordering::Relaxed);
         tiles[1].accepted[2].store(100, Ordering::Relaxed);
@@ -754,6 +758,7 @@ mod tests {
             ),
             2.0
         );
+        assert_eq!(value(&t, "mesh_dataplane_repairs_received_total"), 4.0);
         // Only registry members are exported: kind 2 is not one.
         assert!(!t.contains("mesh_message_kind=\"join\""), "{t}");
         tiles[0].received.store(6, Ordering::Relaxed);

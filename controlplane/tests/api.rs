@@ -1,11 +1,12 @@
 //! The agent API over real HTTP: publish, subscribe (NDJSON stream), status,
 //! peers, metrics, and clear errors for bad requests.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use controlplane::config::Config;
 use controlplane::node;
 
 fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -30,10 +31,9 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_publish_and_subscribe_over_http() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.node.key_file = dir.path().join("k");
-    cfg.node.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.node.api_listen = "127.0.0.1:0".parse().unwrap();
+    let ca = common::mesh_ca(dir.path(), "ca");
+    let listen = "127.0.9.1:7400".parse().unwrap();
+    let cfg = common::member_config(&ca, dir.path(), "api", listen, vec![], 2);
     let n = node::start(cfg).await.unwrap();
     let api = n.api_addr();
 

@@ -1,76 +1,71 @@
-//! Zero trust between nodes: with `[tls]` on, control traffic runs over QUIC
-//! with mutual TLS. Nodes holding a certificate from the mesh CA for their own
-//! key form the mesh and deliver; a node with another CA's certificate, and a
-//! node without TLS, never become peers, and data signed by them is dropped
-//! before its signature is checked.
+//! Zero trust between nodes: control traffic runs over QUIC with mutual TLS, always.
+//! Nodes holding a certificate from the mesh CA for their own key form the mesh and
+//! deliver; a node with another CA's certificate never becomes a member anywhere, and data
+//! signed by it is dropped before its signature is checked. A node whose certificate does
+//! not fit (none at all, another CA's under this mesh's trust, or another node's) does not
+//! start.
 
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::Duration;
 
+use common::{status_json, wait_async};
 use controlplane::config::Config;
 use controlplane::node::{self, NodeHandle};
-use dataplane::identity::Identity;
-use dataplane::tile::wall_us;
+use dataplane::clock::wall_us;
 use dataplane::wire::{self, Kind};
-use mesh_transport::MeshCa;
 use tokio::time::{Instant, sleep};
 
 fn addr(i: u8) -> SocketAddr {
     SocketAddr::from(([127, 0, 5, i], 7400))
 }
 
-/// Writes a node key and a certificate for it from `ca`; returns the config.
-fn member(
-    dir: &Path,
-    i: u8,
-    ca: &MeshCa,
-    ca_pem: &Path,
-    bootstrap: Vec<SocketAddr>,
-    tls: bool,
-) -> Config {
-    let seed = [i.wrapping_mul(37).wrapping_add(11); 32];
-    let mut c = common::member_config(dir, &format!("n{i}"), seed, ca, ca_pem, addr(i), bootstrap);
-    c.gossip.heartbeat_interval_ms = 100;
-    c.gossip.peer_exchange_interval_ms = 100;
-    c.gossip.anti_entropy_interval_ms = 100;
-    c.tls.enabled = tls;
-    c
+/// Members this node believes alive and origins it admits.
+async fn membership(n: &NodeHandle) -> (u64, u64) {
+    let o = &status_json(n).await["overlay"];
+    (
+        o["members"]["alive"].as_u64().unwrap_or(0),
+        o["admitted"].as_u64().unwrap_or(0),
+    )
 }
 
-async fn live(n: &NodeHandle) -> usize {
-    n.status().await.map_or(0, |s| s.peers_live)
+/// Why `cfg` does not start.
+async fn refused(cfg: Config) -> String {
+    match node::start(cfg).await {
+        Ok(n) => {
+            n.shutdown().await;
+            panic!("a node with an unfit certificate started");
+        }
+        Err(e) => format!("{e:#}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_nodes_with_a_mesh_certificate_join_and_publish() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate().unwrap();
-    let ca_pem = dir.path().join("ca.crt");
-    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
-    let rogue_ca = MeshCa::generate().unwrap();
-    let rogue_pem = dir.path().join("rogue-ca.crt");
-    std::fs::write(&rogue_pem, rogue_ca.cert_pem()).unwrap();
+    let ca = common::mesh_ca(dir.path(), "ca");
+    let rogue_ca = common::mesh_ca(dir.path(), "rogue-ca");
+    let member = |i: u8, seeds: Vec<SocketAddr>| {
+        common::member_config(&ca, dir.path(), &format!("n{i}"), addr(i), seeds, 3)
+    };
 
-    let a = node::start(member(dir.path(), 1, &ca, &ca_pem, vec![], true))
-        .await
-        .unwrap();
-    let b = node::start(member(dir.path(), 2, &ca, &ca_pem, vec![addr(1)], true))
-        .await
-        .unwrap();
-    let c = node::start(member(dir.path(), 3, &ca, &ca_pem, vec![addr(1)], true))
-        .await
-        .unwrap();
-    let t0 = Instant::now();
-    while !(live(&a).await == 2 && live(&b).await == 2 && live(&c).await == 2) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "members did not form a mesh over mutual TLS"
-        );
-        sleep(Duration::from_millis(25)).await;
-    }
+    let a = node::start(member(1, vec![])).await.unwrap();
+    let b = node::start(member(2, vec![addr(1)])).await.unwrap();
+    let c = node::start(member(3, vec![addr(1)])).await.unwrap();
+    wait_async(
+        "members to form a mesh over mutual TLS",
+        Duration::from_secs(10),
+        async || {
+            for n in [&a, &b, &c] {
+                if membership(n).await != (2, 3) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
     let mut subs = [a.subscribe(), b.subscribe(), c.subscribe()];
     let r = b.publish("t", b"from a member").await.unwrap();
     let t0 = Instant::now();
@@ -90,24 +85,43 @@ async fn only_nodes_with_a_mesh_certificate_join_and_publish() {
 
     // An outsider: its certificate comes from another CA, but its own
     // configuration trusts that CA, so it starts and keeps knocking.
-    let mut rogue_cfg = member(dir.path(), 4, &rogue_ca, &rogue_pem, vec![addr(1)], true);
-    rogue_cfg.tls.ca_cert = rogue_pem.clone();
+    let rogue_cfg = common::member_config(&rogue_ca, dir.path(), "n4", addr(4), vec![addr(1)], 3);
+    let outsider = common::identity(&rogue_cfg);
     let rogue = node::start(rogue_cfg).await.unwrap();
-    // A node without TLS at all.
-    let plain = node::start(member(dir.path(), 5, &ca, &ca_pem, vec![addr(1)], false))
-        .await
-        .unwrap();
+
+    // Nodes whose certificate does not fit do not start at all: no certificate, another
+    // CA's certificate under this mesh's CA, a member's certificate with another key.
+    let mut none = member(5, vec![addr(1)]);
+    none.tls.cert = dir.path().join("missing.crt");
+    let err = refused(none).await;
+    assert!(err.contains("missing.crt"), "{err}");
+    let mut foreign = member(6, vec![addr(1)]);
+    foreign.tls.cert = dir.path().join("n4.crt");
+    let err = refused(foreign).await;
+    assert!(err.contains("certificate"), "{err}");
+    let mut stolen = member(7, vec![addr(1)]);
+    stolen.tls.cert = dir.path().join("n2.crt");
+    let err = refused(stolen).await;
+    assert!(err.contains("certificate"), "{err}");
+
     sleep(Duration::from_millis(1500)).await;
-    assert_eq!(live(&rogue).await, 0, "the outsider found peers");
-    assert_eq!(live(&plain).await, 0, "the node without TLS found peers");
+    let ro = &status_json(&rogue).await["overlay"];
+    assert_eq!(ro["active"], 0, "the outsider found neighbours: {ro}");
+    assert_eq!(
+        ro["members"]["alive"], 0,
+        "the outsider found members: {ro}"
+    );
     for (name, n) in [("a", &a), ("b", &b), ("c", &c)] {
-        assert_eq!(live(n).await, 2, "member {name} admitted an outsider");
+        assert_eq!(
+            membership(n).await,
+            (2, 3),
+            "member {name} admitted an outsider"
+        );
     }
 
     // Data signed by the outsider, sent straight at a member, is dropped
     // before verification.
     let before = a.status().await.unwrap().dropped["unknown_origin"];
-    let outsider = Identity::from_seed([4u8.wrapping_mul(37).wrapping_add(11); 32]);
     let mut payload = Vec::new();
     let mut dgram = Vec::new();
     wire::data_payload("t", b"from the outsider", &mut payload).unwrap();
@@ -125,7 +139,7 @@ async fn only_nodes_with_a_mesh_certificate_join_and_publish() {
             assert_ne!(d.id, r2.id);
         }
     }
-    for n in [a, b, c, rogue, plain] {
+    for n in [a, b, c, rogue] {
         n.shutdown().await;
     }
 }

@@ -1,5 +1,4 @@
-//! Eight in-process nodes on the protocol cores (`overlay.mode = "hyparview"`)
-//! over mutual TLS on loopback: partial views form from one seed, every node
+//! Eight in-process nodes on the protocol cores over mutual TLS on loopback: partial views form from one seed, every node
 //! admits every origin, every message reaches every node along one rooted
 //! spanning tree (or, with `tree = "plumtree"`, Plumtree prunes the redundant
 //! links to lazy), a late joiner finds neighbours through a seed, a node with
@@ -11,9 +10,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use controlplane::config::{Config, OverlayMode, TreeMode};
+use controlplane::config::{Config, TreeMode};
+use controlplane::enroll::CaDir;
 use controlplane::node::{self, NodeHandle};
-use mesh_transport::MeshCa;
+use controlplane::service::Delivered;
 use tokio::time::{Instant, sleep};
 
 const N: u8 = 8;
@@ -22,19 +22,12 @@ fn addr(i: u8) -> SocketAddr {
     SocketAddr::from(([127, 0, 6, i], 7400))
 }
 
-fn config(dir: &Path, i: u8, ca: &MeshCa, ca_pem: &Path, bootstrap: Vec<SocketAddr>) -> Config {
-    let seed = [i.wrapping_mul(53).wrapping_add(7); 32];
-    let mut c = common::member_config(dir, &format!("n{i}"), seed, ca, ca_pem, addr(i), bootstrap);
-    c.overlay.mode = OverlayMode::Hyparview;
-    c.overlay.expected_size = u64::from(N);
-    c.overlay.probe_interval_ms = 200;
-    c.overlay.probe_timeout_ms = 100;
-    c
+fn config(dir: &Path, i: u8, ca: &CaDir, bootstrap: Vec<SocketAddr>) -> Config {
+    common::member_config(ca, dir, &format!("n{i}"), addr(i), bootstrap, u64::from(N))
 }
 
 async fn overlay(n: &NodeHandle) -> serde_json::Value {
-    let st = n.status().await.expect("status");
-    serde_json::to_value(st.overlay).expect("json")
+    common::status_json(n).await["overlay"].take()
 }
 
 async fn wait_for<F, Fut>(what: &str, limit: Duration, mut f: F)
@@ -52,7 +45,7 @@ where
 /// Waits until every subscriber got every id in `ids`; fails after `limit`
 /// with the count each one got. Returns how long it took.
 async fn wait_delivered(
-    subs: &mut [tokio::sync::broadcast::Receiver<std::sync::Arc<node::Delivered>>],
+    subs: &mut [tokio::sync::broadcast::Receiver<std::sync::Arc<Delivered>>],
     ids: &std::collections::HashSet<String>,
     limit: Duration,
 ) -> Duration {
@@ -78,13 +71,11 @@ async fn wait_delivered(
 /// first; `tune` adjusts each config. The directory holds their keys.
 async fn six_nodes(base: u8, tune: impl Fn(&mut Config)) -> (tempfile::TempDir, Vec<NodeHandle>) {
     let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate().unwrap();
-    let ca_pem = dir.path().join("ca.crt");
-    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let ca = common::mesh_ca(dir.path(), "ca");
     let mut nodes = Vec::new();
     for i in 1..=6u8 {
         let seeds = if i == 1 { vec![] } else { vec![addr(base + 1)] };
-        let mut cfg = config(dir.path(), base + i, &ca, &ca_pem, seeds);
+        let mut cfg = config(dir.path(), base + i, &ca, seeds);
         tune(&mut cfg);
         nodes.push(node::start(cfg).await.unwrap());
     }
@@ -119,15 +110,13 @@ fn metric(text: &str, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate().unwrap();
-    let ca_pem = dir.path().join("ca.crt");
-    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let ca = common::mesh_ca(dir.path(), "ca");
 
     // Node 1 is the seed; 2..=7 join through it. Node 8 joins later.
     let mut nodes = Vec::new();
     for i in 1..N {
         let seeds = if i == 1 { vec![] } else { vec![addr(1)] };
-        let cfg = config(dir.path(), i, &ca, &ca_pem, seeds);
+        let cfg = config(dir.path(), i, &ca, seeds);
         nodes.push(node::start(cfg).await.unwrap());
     }
     let others = u64::from(N) - 2;
@@ -151,7 +140,7 @@ async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everyt
 
     // A late joiner finds its first neighbour through the seed.
     let t0 = Instant::now();
-    let late = node::start(config(dir.path(), N, &ca, &ca_pem, vec![addr(1)]))
+    let late = node::start(config(dir.path(), N, &ca, vec![addr(1)]))
         .await
         .unwrap();
     wait_for(
@@ -181,12 +170,10 @@ async fn eight_nodes_on_the_protocol_cores_form_partial_views_and_deliver_everyt
 
     // Zero trust: a node whose certificate comes from another CA dials the
     // seed but never becomes a member anywhere, and has no neighbour.
-    let rogue_ca = MeshCa::generate().unwrap();
-    let rogue_pem = dir.path().join("rogue-ca.crt");
-    std::fs::write(&rogue_pem, rogue_ca.cert_pem()).unwrap();
-    let mut rogue_cfg = config(dir.path(), 99, &rogue_ca, &rogue_pem, vec![addr(1)]);
-    rogue_cfg.overlay.expected_size = u64::from(N);
-    let rogue = node::start(rogue_cfg).await.unwrap();
+    let rogue_ca = common::mesh_ca(dir.path(), "rogue-ca");
+    let rogue = node::start(config(dir.path(), 99, &rogue_ca, vec![addr(1)]))
+        .await
+        .unwrap();
     sleep(Duration::from_secs(2)).await;
     assert_eq!(overlay(&rogue).await["active"], 0);
     for n in &nodes {

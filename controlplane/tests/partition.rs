@@ -5,100 +5,61 @@
 //! node is killed (detected and removed by the others) and restarted with the
 //! same key (it rejoins and receives again).
 //!
-//! It runs twice: on the peer-table control plane (`overlay.mode = "full"`,
-//! plain UDP control) and on the protocol cores (`overlay.mode = "hyparview"`:
-//! SWIM, HyParView partial views, Plumtree, over mutual TLS).
+//! The nodes run the protocol cores (SWIM, HyParView partial views, the rooted
+//! tree with Plumtree repair) over mutual TLS, enrolled by a test mesh CA.
 //!
 //! Needs root; otherwise it says why and passes.
 
 mod common;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Daemon, Ns, collect, ctl, finish, plug, read_logs, try_status, wait};
+use controlplane::enroll::CaDir;
 
 const NODES: usize = 6;
 
-/// Which control plane the six nodes run.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Full,
-    Hyparview,
-}
-
-fn write_config(dir: &Path, i: usize, ca: Option<&mesh_transport::MeshCa>) -> PathBuf {
-    // Seeds on both sides of the future cut.
-    let seeds: Vec<String> = [1, 4]
+/// Node `i`'s config file: enrolled by `ca`, seeds on both sides of the future cut.
+fn write_config(dir: &Path, i: usize, ca: &CaDir) -> PathBuf {
+    let seeds: Vec<SocketAddr> = [1, 4]
         .iter()
         .filter(|&&s| s != i + 1)
-        .map(|s| format!("\"10.90.0.{s}:7400\""))
+        .map(|s| SocketAddr::from(([10, 90, 0, *s as u8], 7400)))
         .collect();
-    let text = format!(
-        r#"[node]
-key_file = "{key}"
-listen = "10.90.0.{ip}:7400"
-api_listen = "127.0.0.1:7480"
-bootstrap = [{seeds}]
-
-[gossip]
-heartbeat_interval_ms = 100
-peer_timeout_ms = 700
-peer_exchange_interval_ms = 100
-anti_entropy_interval_ms = 100
-"#,
-        key = dir.join(format!("n{i}.key")).display(),
-        ip = i + 1,
-        seeds = seeds.join(", "),
-    ) + &ca
-        .map(|ca| common::hyparview_sections(dir, &format!("n{i}"), ca, &dir.join("ca.crt"), NODES))
-        .unwrap_or_default();
-    let path = dir.join(format!("n{i}.toml"));
-    std::fs::write(&path, text).expect("write config");
-    path
+    let listen = SocketAddr::from(([10, 90, 0, i as u8 + 1], 7400));
+    let name = format!("n{i}");
+    let mut c = common::member_config(ca, dir, &name, listen, seeds, NODES as u64);
+    c.node.api_listen = "127.0.0.1:7480".parse().unwrap();
+    // Push-pull anti-entropy every 100 ms: the heal's repairs are quick.
+    c.gossip.anti_entropy_interval_ms = 100;
+    common::write_config(dir, &name, &c)
 }
 
-#[test]
-fn six_nodes_detect_a_partition_heal_by_themselves_and_survive_a_crash() {
-    scenario(Mode::Full);
+/// Members the node believes alive.
+fn alive(st: &serde_json::Value) -> u64 {
+    st["overlay"]["members"]["alive"].as_u64().unwrap_or(0)
+}
+
+/// Every other node known alive, a neighbour, and every origin admitted.
+fn formed(st: &serde_json::Value, others: u64) -> bool {
+    alive(st) == others
+        && st["overlay"]["active"].as_u64().unwrap_or(0) >= 1
+        && st["overlay"]["admitted"].as_u64().unwrap_or(0) > others
 }
 
 #[test]
 fn six_nodes_on_the_protocol_cores_detect_a_partition_heal_and_survive_a_crash() {
-    scenario(Mode::Hyparview);
-}
-
-/// Members the node believes alive (hyparview), or its live peers (full).
-fn alive(st: &serde_json::Value, mode: Mode) -> u64 {
-    match mode {
-        Mode::Full => st["peers_live"].as_u64().unwrap_or(0),
-        Mode::Hyparview => st["overlay"]["members"]["alive"].as_u64().unwrap_or(0),
-    }
-}
-
-/// Every other node known alive; with partial views also: a neighbour, and
-/// every origin admitted.
-fn formed(st: &serde_json::Value, mode: Mode, others: u64) -> bool {
-    alive(st, mode) == others
-        && (mode == Mode::Full
-            || (st["overlay"]["active"].as_u64().unwrap_or(0) >= 1
-                && st["overlay"]["admitted"].as_u64().unwrap_or(0) > others))
-}
-
-fn scenario(mode: Mode) {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
         eprintln!("skipping: needs root for network namespaces");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tag = if mode == Mode::Full { "p" } else { "h" };
-    let ca = (mode == Mode::Hyparview).then(|| {
-        let ca = mesh_transport::MeshCa::generate().expect("CA");
-        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).expect("write CA");
-        ca
-    });
+    let tag = "h";
+    let ca = common::mesh_ca(dir.path(), "ca");
     let sw = Ns::new(&format!("{tag}s"));
     // Two bridges (one per side of the future cut) joined by a trunk veth;
     // the partition is the trunk going down.
@@ -123,7 +84,7 @@ fn scenario(mode: Mode) {
         );
     }
     let cfgs: Vec<PathBuf> = (0..NODES)
-        .map(|i| write_config(dir.path(), i, ca.as_ref()))
+        .map(|i| write_config(dir.path(), i, &ca))
         .collect();
     let log = |i: usize| dir.path().join(format!("n{i}.log"));
     let mut daemons: Vec<Option<Daemon>> = (0..NODES)
@@ -135,7 +96,7 @@ fn scenario(mode: Mode) {
     wait(
         "a mesh of 6",
         Duration::from_secs(20),
-        || (0..NODES).all(|i| formed(&status(i), mode, NODES as u64 - 1)),
+        || (0..NODES).all(|i| formed(&status(i), NODES as u64 - 1)),
         &logs,
     );
     // The rooted tree's root as each node in `nodes` sees it (one entry when
@@ -149,22 +110,20 @@ fn scenario(mode: Mode) {
             })
             .collect::<HashSet<String>>()
     };
-    if mode == Mode::Hyparview {
-        wait(
-            "one rooted tree",
-            Duration::from_secs(10),
-            || roots(&[0, 1, 2, 3, 4, 5]).len() == 1,
-            &logs,
-        );
-        // Partial views: nobody's active view holds the whole mesh.
-        let views: Vec<u64> = (0..NODES)
-            .map(|i| status(i)["overlay"]["active"].as_u64().unwrap_or(0))
-            .collect();
-        assert!(
-            views.iter().all(|v| *v < NODES as u64 - 1),
-            "active views {views:?}"
-        );
-    }
+    wait(
+        "one rooted tree",
+        Duration::from_secs(10),
+        || roots(&[0, 1, 2, 3, 4, 5]).len() == 1,
+        &logs,
+    );
+    // Partial views: nobody's active view holds the whole mesh.
+    let views: Vec<u64> = (0..NODES)
+        .map(|i| status(i)["overlay"]["active"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        views.iter().all(|v| *v < NODES as u64 - 1),
+        "active views {views:?}"
+    );
 
     // Cut {3,4,5} off from {0,1,2}.
     let side_a = [0usize, 1, 2];
@@ -177,18 +136,16 @@ fn scenario(mode: Mode) {
         &logs,
     );
 
-    if mode == Mode::Hyparview {
-        // The side without the root presumes it lost and elects its own.
-        wait(
-            "a root on each side",
-            Duration::from_secs(20),
-            || {
-                let (a, b) = (roots(&side_a), roots(&side_b));
-                a.len() == 1 && b.len() == 1 && a != b
-            },
-            &logs,
-        );
-    }
+    // The side without the root presumes it lost and elects its own.
+    wait(
+        "a root on each side",
+        Duration::from_secs(20),
+        || {
+            let (a, b) = (roots(&side_a), roots(&side_b));
+            a.len() == 1 && b.len() == 1 && a != b
+        },
+        &logs,
+    );
 
     // Both sides keep serving their agents: publish on each side.
     let subs: Vec<std::process::Child> = nss.iter().map(|ns| collect(ns, "t", 10)).collect();
@@ -203,17 +160,12 @@ fn scenario(mode: Mode) {
             ids.insert(r["id"].as_str().unwrap_or_default().to_owned());
         }
     }
-    // Each side delivers its own messages. The peer table pushes to every
-    // live peer at once; partial views first replace the neighbours on the
-    // other side (declared dead) from the passive view, then anti-entropy
-    // and lazy push catch up, which takes seconds.
-    let within = match mode {
-        Mode::Full => Duration::from_millis(500),
-        Mode::Hyparview => Duration::from_secs(15),
-    };
+    // Each side delivers its own messages. Partial views first replace the
+    // neighbours on the other side (declared dead) from the passive view, then
+    // anti-entropy and lazy push catch up, which takes seconds.
     wait(
         "each side to deliver its own messages",
-        within,
+        Duration::from_secs(15),
         || {
             side_a
                 .iter()
@@ -250,20 +202,18 @@ fn scenario(mode: Mode) {
         || {
             (0..NODES).all(|i| {
                 let st = status(i);
-                st["partitioned"] == false && alive(&st, mode) == NODES as u64 - 1
+                st["partitioned"] == false && alive(&st) == NODES as u64 - 1
             })
         },
         &logs,
     );
 
-    if mode == Mode::Hyparview {
-        wait(
-            "one rooted tree again",
-            Duration::from_secs(15),
-            || roots(&[0, 1, 2, 3, 4, 5]).len() == 1,
-            &logs,
-        );
-    }
+    wait(
+        "one rooted tree again",
+        Duration::from_secs(15),
+        || roots(&[0, 1, 2, 3, 4, 5]).len() == 1,
+        &logs,
+    );
 
     // Crash n5: the others detect it and drop it from their live peers.
     let crashed = daemons[5].take().expect("n5 running");
@@ -274,9 +224,8 @@ fn scenario(mode: Mode) {
         || {
             (0..5).all(|i| {
                 let st = status(i);
-                // hyparview: suspected is not enough, it must be declared dead
-                alive(&st, mode) == 4
-                    && (mode == Mode::Full || st["overlay"]["members"]["dead"] == 1)
+                // suspected is not enough, it must be declared dead
+                alive(&st) == 4 && st["overlay"]["members"]["dead"] == 1
             })
         },
         &logs,
@@ -298,7 +247,7 @@ fn scenario(mode: Mode) {
     wait(
         "the restarted node to rejoin",
         Duration::from_secs(15),
-        || formed(&status(5), mode, 5) && (0..5).all(|i| alive(&status(i), mode) == 5),
+        || formed(&status(5), 5) && (0..5).all(|i| alive(&status(i)) == 5),
         &logs,
     );
     // Its own topic: anti-entropy also brings the restarted node the older

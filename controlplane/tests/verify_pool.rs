@@ -1,6 +1,7 @@
-//! Nodes that verify signatures on a pool of worker threads (fed by bounded
-//! queues from the receive tile) deliver every valid message, reject forged
-//! ones, and export per-worker counters.
+//! Nodes on the protocol cores that verify signatures on a pool of worker threads
+//! (fed by bounded queues from the receive tile) deliver every valid message, reject
+//! forged ones (a member's origin, another key's signature), and export per-worker
+//! counters.
 
 mod common;
 
@@ -8,51 +9,38 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use controlplane::config::Config;
+use common::{status_json, wait_async};
 use controlplane::node::{self, NodeHandle};
+use dataplane::clock::wall_us;
 use dataplane::identity::Identity;
-use dataplane::tile::wall_us;
 use dataplane::wire::{self, Kind};
 use tokio::time::{Instant, sleep};
 
-fn config(dir: &std::path::Path, i: usize, bootstrap: Vec<SocketAddr>) -> Config {
-    let mut c = Config::default();
-    c.node.key_file = dir.join(format!("v{i}.key"));
-    c.node.listen = "127.0.0.1:0".parse().unwrap();
-    c.node.api_listen = "127.0.0.1:0".parse().unwrap();
-    c.node.bootstrap = bootstrap;
-    c.gossip.heartbeat_interval_ms = 100;
-    c.gossip.peer_exchange_interval_ms = 100;
-    c.gossip.anti_entropy_interval_ms = 100;
-    c.dataplane.verify_workers = 2;
-    c
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 8, 1 + i as u8], 7400))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_verifying_on_worker_threads_delivers_and_rejects() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<NodeHandle> =
-        vec![node::start(config(dir.path(), 0, vec![])).await.unwrap()];
-    let seed = nodes[0].udp_addr();
-    for i in 1..4 {
-        nodes.push(
-            node::start(config(dir.path(), i, vec![seed]))
-                .await
-                .unwrap(),
-        );
+    let ca = common::mesh_ca(dir.path(), "ca");
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for i in 0..4 {
+        let seeds = if i == 0 { vec![] } else { vec![addr(0)] };
+        let mut c = common::member_config(&ca, dir.path(), &format!("v{i}"), addr(i), seeds, 4);
+        c.dataplane.verify_workers = 2;
+        nodes.push(node::start(c).await.unwrap());
     }
-    let t0 = Instant::now();
-    loop {
-        let mut ready = true;
+    wait_async("the mesh to form", Duration::from_secs(10), async || {
         for n in &nodes {
-            ready &= n.status().await.is_some_and(|s| s.peers_live == 3);
+            let o = &status_json(n).await["overlay"];
+            if o["members"]["alive"] != 3 || o["admitted"] != 4 {
+                return false;
+            }
         }
-        if ready {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "mesh did not form");
-        sleep(Duration::from_millis(25)).await;
-    }
+        true
+    })
+    .await;
     let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
     let mut ids = HashSet::new();
     for k in 0..10 {

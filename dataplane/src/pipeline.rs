@@ -1,5 +1,7 @@
-//! The stages every backend runs on a received batch:
-//! parse → replay window → dedup probe → verify → accepted.
+//! The stages every backend runs on a received batch, and on every repaired
+//! datagram the control plane hands back:
+//! parse → replay window → admission → dedup probe → verify → payload check
+//! → accepted.
 //!
 //! [`Pipeline::process`] is pure computation over borrowed buffers (no I/O, no
 //! clock reads: `now` comes in), so the UDP backend, the AF_XDP backend, the
@@ -14,7 +16,7 @@
 
 use crate::dedup::{SeenCache, SeenStats};
 use crate::verify::{self, VerifyItem};
-use crate::wire::{DecodeError, Kind, Packet};
+use crate::wire::{self, DecodeError, Kind, Packet};
 
 mesh_types::labels! {
     /// Why a packet was dropped. Values are stable: they index counter arrays;
@@ -338,10 +340,18 @@ impl Pipeline {
     }
 
     /// Counts the verdict of a screened message and returns whether it is
-    /// accepted: `bad_signature` when `valid` is false.
+    /// accepted: `bad_signature` when `valid` is false, `bad_payload` when
+    /// the signature is valid but the payload breaks its kind's format (a
+    /// data message that is not `[topic_len][topic][body]`), so nothing
+    /// malformed is handed on and `received = accepted + Σ dropped` holds
+    /// for payloads too.
     pub fn settle(&mut self, a: &Accepted<'_>, valid: bool) -> bool {
         if !valid {
             self.counters.dropped[DropReason::BadSignature as usize] += 1;
+            return false;
+        }
+        if a.packet.kind() == Kind::Data && wire::split_data_payload(a.packet.payload()).is_none() {
+            self.counters.dropped[DropReason::BadPayload as usize] += 1;
             return false;
         }
         self.counters.accepted[a.packet.kind() as usize & 7] += 1;
@@ -657,6 +667,80 @@ mod tests {
         let mut out = Vec::new();
         inline.process(0, NOW_US, &batch, &mut out);
         assert_eq!(inline.counters(), p.counters());
+    }
+
+    #[test]
+    fn a_validly_signed_data_message_with_a_malformed_payload_is_bad_payload_on_both_paths() {
+        let id = Identity::from_seed([11; 32]);
+        let seal = |seq: u64, payload: &[u8]| {
+            let mut out = Vec::new();
+            id.seal(Kind::Data, 3, seq, NOW_US, payload, &mut out)
+                .unwrap();
+            out
+        };
+        // topic length past the end, empty topic, topic not UTF-8, no payload at all
+        let bad: Vec<Vec<u8>> = [&b"\x05ab"[..], b"\x00body", b"\x02\xff\xfe", b""]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| seal(i as u64 + 1, p))
+            .collect();
+        let good = seal(9, b"\x01tbody");
+        let mut batch: Vec<&[u8]> = bad.iter().map(|b| &b[..]).collect();
+        batch.push(&good);
+        let mut inline = pipeline();
+        let mut out = Vec::new();
+        inline.process(0, NOW_US, &batch, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].index, 4);
+        assert_eq!(
+            inline.counters().dropped[DropReason::BadPayload as usize],
+            4
+        );
+        balanced(&inline);
+        let mut pool = pipeline();
+        let out = pool_round_trip(&mut pool, &batch);
+        assert_eq!(out.len(), 1);
+        assert_eq!(pool.counters(), inline.counters());
+    }
+
+    proptest::proptest! {
+        /// Every datagram ends in exactly one place on both verify paths, for any mix of
+        /// signed messages with arbitrary payloads, tampered copies, repeats and junk, and
+        /// only messages with a valid topic and body are accepted.
+        #[test]
+        fn every_datagram_ends_accepted_or_in_one_drop_counter_on_both_paths(
+            parts in proptest::collection::vec(
+                (0u8..4, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+                1..40,
+            ),
+        ) {
+            let id = Identity::from_seed([12; 32]);
+            let mut datagrams: Vec<Vec<u8>> = Vec::new();
+            for (i, (what, bytes)) in parts.iter().enumerate() {
+                let mut d = Vec::new();
+                id.seal(Kind::Data, 3, i as u64, NOW_US, bytes, &mut d).unwrap();
+                match what {
+                    0 => {}
+                    1 => { let n = d.len(); d[n - 70] ^= 1; }
+                    2 => d = datagrams.last().cloned().unwrap_or(d),
+                    _ => d = bytes.clone(),
+                }
+                datagrams.push(d);
+            }
+            let batch: Vec<&[u8]> = datagrams.iter().map(|d| &d[..]).collect();
+            let mut inline = pipeline();
+            let mut out = Vec::new();
+            inline.process(0, NOW_US, &batch, &mut out);
+            balanced(&inline);
+            for a in &out {
+                proptest::prop_assert!(crate::wire::split_data_payload(a.packet.payload()).is_some());
+            }
+            let mut pool = pipeline();
+            let pooled = pool_round_trip(&mut pool, &batch);
+            balanced(&pool);
+            proptest::prop_assert_eq!(pool.counters(), inline.counters());
+            proptest::prop_assert_eq!(pooled.len(), out.len());
+        }
     }
 
     #[test]

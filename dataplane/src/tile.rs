@@ -97,13 +97,30 @@ pub struct Inbound {
 pub enum Command {
     /// A data message this node sealed: mark it seen and forward it.
     Publish(Vec<u8>),
+    /// A signed datagram repaired over mutual TLS (a graft or pull answer)
+    /// by the member whose mesh address is `from`. The tile runs it through
+    /// exactly the stages of a datagram received from the socket, in the
+    /// same order and with the same counters (parse, replay window,
+    /// admission, dedup probe, verify, payload check, handoff, mark seen,
+    /// forward with hop limit − 1), and counts it in
+    /// [`TileStats::repairs`]. An accepted repair reaches the control plane
+    /// with `repair` set; a duplicate repair sends no duplicate notice.
+    Repair {
+        /// The whole signed datagram.
+        datagram: Vec<u8>,
+        /// Mesh (UDP) address of the member that sent it.
+        from: SocketAddr,
+    },
 }
 
 /// Counters the tile publishes once per batch (read by the metrics exporter).
 #[derive(Debug, Default)]
 pub struct TileStats {
-    /// Datagrams received.
+    /// Datagrams received (repairs included).
     pub received: AtomicU64,
+    /// Repaired datagrams handed in by the control plane
+    /// ([`Command::Repair`]), also counted in `received`.
+    pub repairs: AtomicU64,
     /// Accepted messages by kind value.
     pub accepted: [AtomicU64; 8],
     /// Drops by [`DropReason`] value.
@@ -261,6 +278,8 @@ where
                 verify: pool.map(VerifyStage::new),
                 origin: Instant::now(),
                 batches: 0,
+                repairs: 0,
+                repair_queue: Vec::new(),
                 first: Vec::with_capacity(crate::pipeline::MAX_BATCH),
                 deferred: Vec::with_capacity(crate::pipeline::MAX_BATCH),
             },
@@ -328,6 +347,9 @@ struct Tile {
     /// Origin of the monotonic clock the seen-cache uses.
     origin: Instant,
     batches: u64,
+    repairs: u64,
+    /// Repairs drained from the command queue, waiting to be ingested.
+    repair_queue: Vec<(Vec<u8>, SocketAddr)>,
     // Scratch for a batch's screened messages (emptied between uses).
     first: Vec<Accepted<'static>>,
     deferred: Vec<Accepted<'static>>,
@@ -338,6 +360,8 @@ struct Tile {
 struct Source {
     /// Local wall clock at receipt, µs since the Unix epoch.
     wall: u64,
+    /// Repaired over mutual TLS ([`Command::Repair`]), not received on the socket.
+    repair: bool,
 }
 
 /// A screened message kept for the verify pool: where its owned copy is and
@@ -505,7 +529,10 @@ impl<B: Backend> Run<B> {
                 for (i, v) in views.iter_mut().enumerate().take(n) {
                     *v = batch.packet(i);
                 }
-                let src = Source { wall: wall_us() };
+                let src = Source {
+                    wall: wall_us(),
+                    repair: false,
+                };
                 self.tile.ingest(&views[..n], &|i| batch.from(i), src, tx);
             }
             if self.tile.verify.is_some() {
@@ -516,7 +543,8 @@ impl<B: Backend> Run<B> {
         }
     }
 
-    /// Drains the commands from the control plane.
+    /// Drains the commands from the control plane: publishes are sent at
+    /// once, repairs are ingested in batches like received datagrams.
     fn commands(&mut self) {
         let t = &mut self.tile;
         while let Ok(cmd) = t.commands.try_recv() {
@@ -529,7 +557,18 @@ impl<B: Backend> Run<B> {
                         t.fwd.publish(&t.forward.load(), &bytes, tx);
                     }
                 }
+                Command::Repair { datagram, from } => {
+                    t.repair_queue.push((datagram, from));
+                    if t.repair_queue.len() == crate::pipeline::MAX_BATCH {
+                        let (_, tx) = self.backend.halves();
+                        t.ingest_repairs(tx);
+                    }
+                }
             }
+        }
+        if !t.repair_queue.is_empty() {
+            let (_, tx) = self.backend.halves();
+            t.ingest_repairs(tx);
         }
     }
 }
@@ -573,7 +612,7 @@ impl Tile {
         // After the batch's own first copies (handed on inline, or submitted to
         // the pool), so the control plane tends to know a message before it hears
         // of its duplicates.
-        if self.cfg.report_duplicates {
+        if self.cfg.report_duplicates && !src.repair {
             let dups = self.pipeline.last_duplicates();
             let copies = dups.iter().filter_map(|&i| {
                 let i = usize::from(i);
@@ -583,6 +622,31 @@ impl Tile {
             report_duplicates(copies, &self.forward, &self.inbound, src.wall);
         }
         self.publish();
+    }
+
+    /// Ingests the queued repairs as one batch (at most
+    /// [`crate::pipeline::MAX_BATCH`]).
+    fn ingest_repairs<T: TxSink>(&mut self, tx: &mut T) {
+        let queue = std::mem::take(&mut self.repair_queue);
+        let n = queue.len().min(crate::pipeline::MAX_BATCH);
+        let mut views: [&[u8]; crate::pipeline::MAX_BATCH] = [&[]; crate::pipeline::MAX_BATCH];
+        for (v, (bytes, _)) in views.iter_mut().zip(&queue) {
+            *v = bytes;
+        }
+        self.repairs += n as u64;
+        let src = Source {
+            wall: wall_us(),
+            repair: true,
+        };
+        let from = |i: usize| {
+            queue
+                .get(i)
+                .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |q| q.1)
+        };
+        self.ingest(&views[..n], &from, src, tx);
+        let mut queue = queue;
+        queue.clear();
+        self.repair_queue = queue;
     }
 
     /// Takes the verify pool's verdicts: settles, hands on and forwards the
@@ -602,7 +666,10 @@ impl Tile {
             };
             let now_ns = self.now_ns();
             let mut held = vs.in_flight.swap_remove(pos);
-            let src = held.src.unwrap_or(Source { wall: wall_us() });
+            let src = held.src.unwrap_or(Source {
+                wall: wall_us(),
+                repair: false,
+            });
             accepted_keys.clear();
             for (i, item) in held.items.iter().enumerate() {
                 let Some(a) = held.view(item) else {
@@ -630,7 +697,7 @@ impl Tile {
                     &|i| held.source_of(i),
                     src,
                 );
-                if self.cfg.report_duplicates {
+                if self.cfg.report_duplicates && !src.repair {
                     let copies = dups.iter().map(|d| {
                         (
                             *d.packet.signature(),
@@ -698,6 +765,7 @@ impl Tile {
         s.forwarded.store(self.fwd.sent, Ordering::Relaxed);
         s.tx_failed.store(self.fwd.failed, Ordering::Relaxed);
         s.batches.store(self.batches, Ordering::Relaxed);
+        s.repairs.store(self.repairs, Ordering::Relaxed);
         s.dedup_live_evictions
             .store(self.pipeline.seen_stats().live_evictions, Ordering::Relaxed);
     }
@@ -839,6 +907,94 @@ mod tests {
             let got: Vec<_> = rx.try_iter().collect();
             assert_eq!(got.len(), 1, "pool {on_pool}");
             assert_eq!(got[0].bytes, real, "pool {on_pool}");
+            tile.stop();
+        }
+    }
+
+    /// A repair goes through the stages of a received datagram, counted the same way plus
+    /// `repairs`, and an accepted one is forwarded (hop limit − 1) to the forward set, never
+    /// back to the member that sent it.
+    #[test]
+    fn repairs_take_the_same_stages_and_counters_as_received_datagrams_on_both_paths() {
+        for pool in [None, Some(PoolConfig::default())] {
+            let on_pool = pool.is_some();
+            let id = crate::identity::Identity::from_seed([10; 32]);
+            let seal = |seq: u64, ts: u64, payload: &[u8]| {
+                let mut out = Vec::new();
+                id.seal(Kind::Data, 4, seq, ts, payload, &mut out).unwrap();
+                out
+            };
+            let mut payload = Vec::new();
+            wire::data_payload("repairs", b"body", &mut payload).unwrap();
+            let good = seal(1, wall_us(), &payload);
+            let bad_payload = seal(2, wall_us(), b"\x09short");
+            let stale = seal(3, wall_us() - 120_000_000, &payload);
+            let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            peer.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let member = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            member
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let member_addr = member.local_addr().unwrap();
+            let forward = Arc::new(ArcSwap::from_pointee(ForwardSet {
+                peers: vec![peer.local_addr().unwrap(), member_addr],
+                origin: Vec::new(),
+            }));
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let sock = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20, 1 << 20).unwrap();
+            let mut tile = spawn_udp_tile(
+                sock,
+                test_config(pool),
+                forward,
+                Box::new(move |m| {
+                    let _ = tx.send(m);
+                    handoff::SendOutcome::Sent
+                }),
+            )
+            .unwrap();
+            for datagram in [good.clone(), good.clone(), bad_payload, stale] {
+                assert!(tile.command(Command::Repair {
+                    datagram,
+                    from: member_addr,
+                }));
+            }
+            wait_stats(&tile, |s| {
+                s.accepted
+                    .iter()
+                    .map(|a| a.load(Ordering::Relaxed))
+                    .sum::<u64>()
+                    + s.dropped
+                        .iter()
+                        .map(|a| a.load(Ordering::Relaxed))
+                        .sum::<u64>()
+                    >= 4
+            });
+            let stats = tile.stats();
+            assert_eq!(stats.repairs.load(Ordering::Relaxed), 4, "pool {on_pool}");
+            assert_eq!(stats.received.load(Ordering::Relaxed), 4, "pool {on_pool}");
+            assert_eq!(accepted_count(&tile), 1, "pool {on_pool}");
+            assert_eq!(
+                drop_count(&tile, DropReason::Duplicate),
+                1,
+                "pool {on_pool}"
+            );
+            assert_eq!(
+                drop_count(&tile, DropReason::BadPayload),
+                1,
+                "pool {on_pool}"
+            );
+            assert_eq!(drop_count(&tile, DropReason::Stale), 1, "pool {on_pool}");
+            let got: Vec<_> = rx.try_iter().collect();
+            assert_eq!(
+                got.len(),
+                1,
+                "pool {on_pool}: only the good one is handed on"
+            );
+            let fwd = recv_from(&peer).expect("forwarded to the forward set");
+            let p = Packet::parse(&fwd).unwrap();
+            assert_eq!((p.sequence(), p.hop_limit()), (1, 3), "hop limit − 1");
+            assert!(recv_from(&member).is_none(), "never back to the sender");
             tile.stop();
         }
     }

@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use dataplane::forward::{ForwardSet, MAX_FANOUT};
 use dataplane::pipeline::PipelineConfig;
-use dataplane::tile::{
-    self, Command, ForwardSet, Inbound, TileConfig, TileHandle, TileStats, handoff,
-};
+use dataplane::tile::{self, Command, Inbound, TileConfig, TileHandle, TileStats, handoff};
 use dataplane::udp::BatchSocket;
 use mesh_protocol::NodeId;
 use tokio::sync::mpsc;
@@ -37,7 +36,6 @@ pub(super) struct FastPath {
     forward_version: u64,
     /// The active view the forward set's origin list was built from.
     forward_active: Vec<NodeId>,
-    pipeline: PipelineConfig,
 }
 
 impl FastPath {
@@ -68,7 +66,7 @@ impl FastPath {
         let tile_cfg = TileConfig {
             batch_size: cfg.dataplane.batch_size,
             // the forward set is the eager set, and every member of it gets the payload
-            fanout: tile::MAX_FANOUT,
+            fanout: MAX_FANOUT,
             pipeline: PipelineConfig {
                 replay_window_us: g.replay_window_ms * 1_000,
                 max_clock_skew_us: g.max_clock_skew_ms * 1_000,
@@ -83,7 +81,6 @@ impl FastPath {
             // them, so they are not handed over at all.
             report_duplicates: cfg.overlay.tree == TreeMode::Plumtree,
         };
-        let pipeline = tile_cfg.pipeline;
         let mut tiles = Vec::new();
         let mut xdp = None;
         if cfg.dataplane.backend == Backend::Xdp {
@@ -129,7 +126,6 @@ impl FastPath {
             admitted,
             forward_version: u64::MAX,
             forward_active: Vec::new(),
-            pipeline,
         })
     }
 
@@ -177,27 +173,9 @@ impl FastPath {
     /// A repaired datagram (graft or pull answer) from the member at `from`: the fast path
     /// screens it like a received datagram (every stage, counted) and hands it back if new.
     pub(super) fn repair(&self, datagram: Vec<u8>, from: SocketAddr) -> bool {
-        // INTERIM until tile::Command::Repair lands: screened here, then published.
-        let _ = from;
-        let wall = tile::wall_us();
-        let ok = dataplane::wire::Packet::parse(&datagram)
-            .ok()
-            .is_some_and(|p| {
-                p.kind() == dataplane::wire::Kind::Data
-                    && self
-                        .pipeline
-                        .check_timestamp(p.timestamp_us(), wall)
-                        .is_ok()
-                    && dataplane::verify::verify_one(&dataplane::verify::VerifyItem {
-                        public_key: p.origin(),
-                        message: p.signed_bytes(),
-                        signature: p.signature(),
-                    })
-            });
-        ok && self
-            .tiles
+        self.tiles
             .first()
-            .is_some_and(|t| t.command(Command::Publish(datagram)))
+            .is_some_and(|t| t.command(Command::Repair { datagram, from }))
     }
 
     /// Republishes the forward set when the core's eager set (or, when the origin floods, its
@@ -245,7 +223,7 @@ pub(super) fn random_u64() -> u64 {
     let mut seed = [0u8; 8];
     if getrandom::fill(&mut seed).is_err() {
         // Never expected on Linux; fall back to time so the node still runs.
-        return tile::wall_us() ^ 0x9E37_79B9_7F4A_7C15;
+        return dataplane::clock::wall_us() ^ 0x9E37_79B9_7F4A_7C15;
     }
     u64::from_le_bytes(seed)
 }

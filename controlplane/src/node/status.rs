@@ -92,7 +92,7 @@ impl Driver {
                     )
                 })
                 .collect(),
-            repairs: 0, // INTERIM until TileStats::repairs lands
+            repairs: f.sum(|s| s.repairs.load(Relaxed)),
             forwarded: f.sum(|s| s.forwarded.load(Relaxed)),
             delivered: m.delivered.get(),
             published: m.published.get(),

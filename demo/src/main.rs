@@ -1,5 +1,6 @@
-//! `mesh-demo`: the main job on a built-in default. Starts a local mesh of
-//! `meshd` processes (each on its own loopback address), lets it form,
+//! `mesh-demo`: the main job on a built-in default. Creates a mesh CA, enrolls
+//! and starts a local mesh of `meshd` processes (each on its own loopback
+//! address, on the protocol cores over mutual TLS), lets it form,
 //! publishes signed messages from several nodes while a misbehaving node
 //! sends forged, tampered, replayed and junk datagrams, then prints delivery,
 //! latency and rejection figures and stops everything it started.
@@ -17,8 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use controlplane::config::Config;
+use controlplane::enroll::CaDir;
+use dataplane::clock::wall_us;
 use dataplane::identity::Identity;
-use dataplane::tile::wall_us;
 use dataplane::wire::{self, Kind};
 
 /// Local multi-node mesh demo.
@@ -43,28 +46,13 @@ struct Args {
     /// Path of the meshd binary (default: next to this program).
     #[arg(long)]
     meshd: Option<PathBuf>,
-    /// Keep the working directory (configs, keys, logs) for inspection.
+    /// Keep the working directory (CA, configs, keys, logs) for inspection.
     #[arg(long)]
     keep: bool,
-    /// Run without mutual TLS between nodes (control traffic as signed UDP
-    /// datagrams instead of QUIC + mTLS).
-    #[arg(long)]
-    no_tls: bool,
-    /// Control plane: `hyparview` (the protocol cores: SWIM, HyParView, the
-    /// rooted tree with Plumtree repair; needs mutual TLS) or `full` (every node tracks every peer).
-    /// With `--no-tls` it is always `full`.
-    #[arg(long, default_value = "hyparview", value_parser = ["hyparview", "full"])]
-    overlay: String,
-    /// With `hyparview`: print every node's active view at the end, eager
-    /// links (the fast path's forward set) marked `*`.
+    /// Print every node's active view at the end, eager links (the fast
+    /// path's forward set) marked `*`.
     #[arg(long)]
     show_tree: bool,
-}
-
-impl Args {
-    fn hyparview(&self) -> bool {
-        !self.no_tls && self.overlay == "hyparview"
-    }
 }
 
 struct Node {
@@ -141,51 +129,35 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// Enrolls node `i` with the demo CA (the operator's `meshctl enroll`) and writes its
+/// config; returns the config's path.
 fn write_config(
     work: &Path,
     i: usize,
     node_ip: [u8; 4],
     args: &Args,
     seeds: &[SocketAddr],
-    ca: Option<&mesh_transport::MeshCa>,
+    ca: &CaDir,
 ) -> anyhow::Result<PathBuf> {
     let nd = work.join(format!("node{i}"));
-    std::fs::create_dir_all(&nd)?;
-    let mut tls = String::new();
-    if let Some(ca) = ca {
-        // The operator's steps: the node's key, then a certificate for it.
-        let (id, _) = Identity::load_or_create(&nd.join("node.key"))?;
-        let cert = ca.issue(id.node_id().0, Duration::from_secs(86_400))?;
-        std::fs::write(nd.join("node.crt"), mesh_transport::ca::cert_to_pem(&cert))?;
-        tls = format!(
-            "\n[tls]\nenabled = true\nca_cert = \"{}\"\ncert = \"{}\"\n",
-            work.join("ca.crt").display(),
-            nd.join("node.crt").display()
-        );
-    }
-    let ip = format!(
-        "{}.{}.{}.{}",
-        node_ip[0], node_ip[1], node_ip[2], node_ip[3]
-    );
-    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
-    let overlay = if args.hyparview() {
-        // Probe twice a second: a crashed demo node is declared dead in seconds.
-        format!(
-            "\n[overlay]\nmode = \"hyparview\"\nexpected_size = {}\nprobe_interval_ms = 500\nprobe_timeout_ms = 200\n",
-            args.nodes
-        )
-    } else {
-        String::new()
-    };
-    let text = format!(
-        "[node]\nkey_file = \"{}\"\nlisten = \"{ip}:{}\"\napi_listen = \"{ip}:{}\"\nbootstrap = [{}]\n\n[gossip]\nheartbeat_interval_ms = 200\npeer_timeout_ms = 2000\npeer_exchange_interval_ms = 200\n\n[dataplane]\nsocket_rcvbuf = 4194304\n",
-        nd.join("node.key").display(),
-        args.port,
-        args.api_port,
-        seeds.join(", ")
-    );
+    let node = ca.enroll(
+        &nd.join("node.key"),
+        &nd.join("node.crt"),
+        Duration::from_secs(86_400),
+    )?;
+    let mut cfg = Config::default();
+    node.apply(&mut cfg);
+    cfg.node.listen = SocketAddr::from((node_ip, args.port));
+    cfg.node.api_listen = SocketAddr::from((node_ip, args.api_port));
+    cfg.node.bootstrap = seeds.to_vec();
+    cfg.overlay.expected_size = args.nodes as u64;
+    // Probe twice a second: a crashed demo node is declared dead in seconds.
+    cfg.overlay.probe_interval_ms = 500;
+    cfg.overlay.probe_timeout_ms = 200;
+    cfg.dataplane.socket_rcvbuf = 4 << 20;
+    cfg.validate()?;
     let path = nd.join("meshd.toml");
-    std::fs::write(&path, text + &tls + &overlay)?;
+    std::fs::write(&path, toml::to_string(&cfg)?)?;
     Ok(path)
 }
 
@@ -204,28 +176,11 @@ fn run(
     nodes: &mut Vec<Node>,
 ) -> anyhow::Result<()> {
     let ip_of = |i: usize| [127u8, 0, 1 + (i / 200) as u8, 11 + (i % 200) as u8];
-    let ca = if args.no_tls {
-        None
-    } else {
-        let ca = mesh_transport::MeshCa::generate()?;
-        std::fs::write(work.join("ca.crt"), ca.cert_pem())?;
-        Some(ca)
-    };
+    // The operator's `meshctl ca init`.
+    let ca = CaDir::init(&work.join("ca"))?;
+    println!("mutual TLS between nodes: on (QUIC, every node enrolled by a demo mesh CA)");
     println!(
-        "mutual TLS between nodes: {}",
-        if ca.is_some() {
-            "on (QUIC control plane, certificates from a demo mesh CA)"
-        } else {
-            "off"
-        }
-    );
-    println!(
-        "control plane: {}",
-        if args.hyparview() {
-            "hyparview (SWIM + HyParView partial views + a rooted dissemination tree with Plumtree repair; the fast path forwards along the tree)"
-        } else {
-            "full (every node tracks every peer, random fanout)"
-        }
+        "control plane: SWIM + HyParView partial views + a rooted dissemination tree with Plumtree repair; the fast path forwards along the tree"
     );
     let seeds: Vec<SocketAddr> = (0..2.min(args.nodes))
         .map(|i| SocketAddr::from((ip_of(i), args.port)))
@@ -237,7 +192,7 @@ fn run(
             .copied()
             .filter(|s| s.ip() != std::net::IpAddr::from(ip))
             .collect();
-        let cfg = write_config(work, i, ip, args, &my_seeds, ca.as_ref())?;
+        let cfg = write_config(work, i, ip, args, &my_seeds, &ca)?;
         let log = std::fs::File::create(work.join(format!("node{i}/meshd.log")))?;
         let child = Command::new(meshd)
             .arg("--config")
@@ -255,18 +210,12 @@ fn run(
         });
     }
 
-    // Wait for the mesh to form: every node sees every other node (full), or
-    // has a neighbour, admits every origin and follows the same tree root
-    // (hyparview: partial views).
+    // Wait for the mesh to form: every node has a neighbour, admits every
+    // origin and follows the same tree root.
     let t0 = Instant::now();
-    let want = args.nodes - 1;
     let formed = |s: &serde_json::Value| {
-        if args.hyparview() {
-            s["overlay"]["active"].as_u64().unwrap_or(0) >= 1
-                && s["overlay"]["admitted"].as_u64().unwrap_or(0) as usize >= args.nodes
-        } else {
-            s["peers_live"].as_u64().unwrap_or(0) as usize >= want.min(64)
-        }
+        s["overlay"]["active"].as_u64().unwrap_or(0) >= 1
+            && s["overlay"]["admitted"].as_u64().unwrap_or(0) as usize >= args.nodes
     };
     loop {
         let mut ready = 0;
@@ -482,7 +431,7 @@ fn run(
         pct(&all_lat, 99) as f64 / 1000.0,
         all_lat.len()
     );
-    if args.hyparview() {
+    {
         // Partial views and the dissemination tree, from one status read per node.
         let overlays: Vec<serde_json::Value> = nodes
             .iter()

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod gossip;
 pub mod heal;
 pub mod id;
@@ -34,6 +35,7 @@ pub mod tree;
 pub mod views;
 pub mod wire;
 
+pub use auth::{Authenticator, ModelAuth, Signature};
 pub use gossip::Delivery;
 pub use heal::{MemberState, PartitionStatus, Reachability, Status};
 pub use id::{MsgId, NodeId};

@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::service::{Delivered, PeerView, PublishError, Receipt, Service, Status};
 use crate::store::MessageStore;
 
+mod auth;
 mod driver;
 mod fastpath;
 mod links;

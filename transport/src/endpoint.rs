@@ -22,12 +22,58 @@
 //! has more than [`TransportConfig::max_links_per_peer`]. Ordering holds
 //! per connection only: during such an overlap, frames sent on two
 //! connections may be received out of order.
+//!
+//! # Receive queues
+//!
+//! Frames and datagrams go into one bounded queue **per peer**
+//! ([`TransportConfig::peer_recv_queue`] frames,
+//! [`TransportConfig::peer_recv_queue_bytes`] bytes), under a total cap
+//! ([`TransportConfig::recv_queue`], [`TransportConfig::recv_queue_bytes`])
+//! that spares peers with only a few frames queued. [`Transport::recv`]
+//! serves the peers with frames waiting in turn, one frame each, so a
+//! flooding peer fills only its own queue and delays another peer's frame
+//! by at most one frame per round. A full queue drops the new frame and
+//! counts it by reason; the connection is never stalled by a slow
+//! consumer. Details in [`crate::fair`].
+//!
+//! # Admission of incoming connections
+//!
+//! Every new QUIC connection attempt ([`quinn::Incoming`]) is decided in
+//! the accept loop before any handshake state or TLS work exists, in this
+//! order:
+//!
+//! 1. **Caps.** Would it exceed [`TransportConfig::max_incoming_handshakes`]
+//!    incoming handshakes in progress, or the incoming share of
+//!    [`TransportConfig::max_connections`] (established incoming connections
+//!    plus incoming handshakes may use `max_connections - outgoing_reserve`),
+//!    or the [`TransportConfig::handshake_rate`] token bucket
+//!    ([`TransportConfig::handshake_burst`] deep)?
+//! 2. **Address validation.** If the client's address is not validated
+//!    ([`quinn::Incoming::remote_address_validated`]) and either a cap of
+//!    step 1 is hit or at least [`TransportConfig::retry_above_handshakes`]
+//!    handshakes are in progress, it gets a QUIC **Retry**
+//!    ([`quinn::Incoming::retry`]): a stateless, address-bound token (valid
+//!    15 s, quinn's default) it must echo. A replayed or spoofed Initial
+//!    never returns, so it costs one small packet and no state; a real
+//!    client pays one round trip and comes back validated.
+//! 3. A validated client over a cap is **refused** (CONNECTION_REFUSED), so
+//!    it learns at once and can dial again; otherwise the handshake starts
+//!    and holds a handshake slot for at most
+//!    [`TransportConfig::handshake_timeout`].
+//!
+//! The node's **own dials** are never refused by those caps: they count
+//! against `max_connections` as a whole, of which `outgoing_reserve` slots
+//! can never be taken by incoming connections or handshakes. quinn's own
+//! limits on undecided attempts are set from
+//! [`TransportConfig::max_incoming`], [`TransportConfig::incoming_buffer_bytes`]
+//! and [`TransportConfig::incoming_buffer_bytes_total`]. Every outcome is
+//! counted in [`TransportStats`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -38,6 +84,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::ca::{node_id_from_seed, node_private_key};
+use crate::fair::{FairQueue, Limits, Push};
 use crate::frame::{self, MAX_FRAME_LEN};
 use crate::verify::{MeshClientVerifier, MeshServerVerifier, node_id_from_cert};
 use crate::{Error, NodeId, Result};
@@ -70,6 +117,10 @@ pub mod close_code {
 /// Tunables of a [`Transport`]. Every field has a working default
 /// ([`TransportConfig::default`]); [`TransportConfig::validate`] names the
 /// field that is out of range.
+///
+/// The receive-queue fields are explained in the module docs under
+/// *Receive queues*, the connection and handshake fields under *Admission of
+/// incoming connections*.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     /// A connection with no traffic for this long is closed. Keep-alives
@@ -80,23 +131,72 @@ pub struct TransportConfig {
     /// 2 s; must be shorter than `idle_timeout`.
     pub keep_alive_interval: Option<Duration>,
     /// Longest wait for a dial to complete: QUIC + TLS handshake and the
-    /// server's preamble. Default 5 s.
+    /// server's preamble; also the longest an incoming handshake may hold a
+    /// handshake slot. Default 5 s.
     pub handshake_timeout: Duration,
     /// Largest frame accepted or sent, 1..=[`MAX_FRAME_LEN`]. A peer that
     /// sends a larger frame is disconnected. Default [`MAX_FRAME_LEN`].
     pub max_frame_len: usize,
-    /// Capacity of the node's receive queue, in frames. When it is full,
-    /// new frames are dropped and counted
-    /// ([`TransportStats::frames_dropped_queue_full`]); the connection is
-    /// never stalled by a slow consumer. Default 4096 (at most 4096 x
-    /// `max_frame_len` bytes held).
+    /// Most frames queued for [`Transport::recv`] from **one peer** (all its
+    /// connections together). Beyond, that peer's new frames are dropped
+    /// and counted ([`TransportStats::frames_dropped_peer_queue_full`]);
+    /// other peers are unaffected and the connection is never stalled.
+    /// Default 256; must be at least 1.
+    pub peer_recv_queue: usize,
+    /// Most payload bytes queued from one peer (the byte side of
+    /// `peer_recv_queue`). Default 1 MiB; must be at least `max_frame_len`.
+    pub peer_recv_queue_bytes: usize,
+    /// Most frames queued from all peers together. Beyond, new frames are
+    /// dropped ([`TransportStats::frames_dropped_total_queue_full`]) except
+    /// from a peer with fewer than [`crate::fair::FLOOR_FRAMES`] frames
+    /// (and [`crate::fair::FLOOR_BYTES`] bytes) queued. Default 8192; must
+    /// be at least 1.
     pub recv_queue: usize,
+    /// Most payload bytes queued from all peers together (the byte side of
+    /// `recv_queue`). Default 16 MiB; must be at least `max_frame_len`.
+    pub recv_queue_bytes: usize,
     /// Capacity of the peer-event queue; a full queue drops events and
     /// counts them. Default 1024.
     pub event_queue: usize,
-    /// Most connections (incoming and outgoing, including handshakes in
-    /// progress) at once; more incoming ones are refused. Default 1024.
+    /// Most connections at once, both directions, established or in
+    /// handshake. Incoming ones may use at most `max_connections -
+    /// outgoing_reserve` of them; the node's own dials
+    /// ([`Transport::connect`]) may use any free slot. Default 1024.
     pub max_connections: usize,
+    /// Slots of `max_connections` that incoming connections and handshakes
+    /// can never take, so the node's own dials always find room however
+    /// many peers dial in. Default 64; must be below `max_connections`.
+    pub outgoing_reserve: usize,
+    /// Most incoming handshakes in progress at once (a cap separate from
+    /// `max_connections`). A validated source beyond it is refused
+    /// (CONNECTION_REFUSED, counted), an unvalidated one gets a Retry.
+    /// Default 64; must be at least 1.
+    pub max_incoming_handshakes: usize,
+    /// Address validation under load: while at least this many incoming
+    /// handshakes are in progress, a client whose address is not validated
+    /// yet gets a QUIC Retry (a stateless token it must echo from the same
+    /// address, one extra round trip) instead of a handshake. `0` sends a
+    /// Retry to every unvalidated client. Default 16.
+    pub retry_above_handshakes: usize,
+    /// Incoming handshakes started per second (token bucket refill rate).
+    /// A validated client beyond the rate is refused, an unvalidated one
+    /// gets a Retry. Default 256; must be at least 1.
+    pub handshake_rate: u32,
+    /// Token bucket depth of `handshake_rate`: how many handshakes may start
+    /// at once after a quiet period. Default 128; must be at least 1.
+    pub handshake_burst: u32,
+    /// Most connection attempts quinn holds before this crate decides on
+    /// them (quinn's `ServerConfig::max_incoming`; quinn refuses the rest).
+    /// Default 1024 (quinn's own default is 65 536); must be at least 1.
+    pub max_incoming: usize,
+    /// Bytes quinn buffers per undecided connection attempt, beyond its
+    /// first packet (quinn's `ServerConfig::incoming_buffer_size`).
+    /// Default 64 KiB (quinn: 10 MiB); must be at least 1500.
+    pub incoming_buffer_bytes: u64,
+    /// The same, all undecided attempts together (quinn's
+    /// `ServerConfig::incoming_buffer_size_total`). Default 8 MiB (quinn:
+    /// 100 MiB); must be at least `incoming_buffer_bytes`.
+    pub incoming_buffer_bytes_total: u64,
     /// Most live connections kept to one peer; the oldest is closed beyond.
     /// Default 2 (enough for a simultaneous dial from both sides).
     pub max_links_per_peer: usize,
@@ -120,9 +220,20 @@ impl Default for TransportConfig {
             keep_alive_interval: Some(Duration::from_secs(2)),
             handshake_timeout: Duration::from_secs(5),
             max_frame_len: MAX_FRAME_LEN,
-            recv_queue: 4096,
+            peer_recv_queue: 256,
+            peer_recv_queue_bytes: 1 << 20,
+            recv_queue: 8192,
+            recv_queue_bytes: 16 << 20,
             event_queue: 1024,
             max_connections: 1024,
+            outgoing_reserve: 64,
+            max_incoming_handshakes: 64,
+            retry_above_handshakes: 16,
+            handshake_rate: 256,
+            handshake_burst: 128,
+            max_incoming: 1024,
+            incoming_buffer_bytes: 64 * 1024,
+            incoming_buffer_bytes_total: 8 << 20,
             max_links_per_peer: 2,
             stream_receive_window: 256 * 1024,
             datagram_receive_buffer: 64 * 1024,
@@ -158,14 +269,56 @@ impl TransportConfig {
         if self.max_frame_len == 0 || self.max_frame_len > MAX_FRAME_LEN {
             return bad("max_frame_len", format!("must be in 1..={MAX_FRAME_LEN}"));
         }
+        if self.peer_recv_queue == 0 {
+            return bad("peer_recv_queue", "must be at least 1".into());
+        }
+        if self.peer_recv_queue_bytes < self.max_frame_len {
+            return bad(
+                "peer_recv_queue_bytes",
+                "must hold at least one frame of max_frame_len".into(),
+            );
+        }
         if self.recv_queue == 0 {
             return bad("recv_queue", "must be at least 1".into());
+        }
+        if self.recv_queue_bytes < self.max_frame_len {
+            return bad(
+                "recv_queue_bytes",
+                "must hold at least one frame of max_frame_len".into(),
+            );
         }
         if self.event_queue == 0 {
             return bad("event_queue", "must be at least 1".into());
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1".into());
+        }
+        if self.outgoing_reserve >= self.max_connections {
+            return bad(
+                "outgoing_reserve",
+                format!("must be below max_connections ({})", self.max_connections),
+            );
+        }
+        if self.max_incoming_handshakes == 0 {
+            return bad("max_incoming_handshakes", "must be at least 1".into());
+        }
+        if self.handshake_rate == 0 {
+            return bad("handshake_rate", "must be at least 1".into());
+        }
+        if self.handshake_burst == 0 {
+            return bad("handshake_burst", "must be at least 1".into());
+        }
+        if self.max_incoming == 0 {
+            return bad("max_incoming", "must be at least 1".into());
+        }
+        if self.incoming_buffer_bytes < 1500 {
+            return bad("incoming_buffer_bytes", "must be at least 1500".into());
+        }
+        if self.incoming_buffer_bytes_total < self.incoming_buffer_bytes {
+            return bad(
+                "incoming_buffer_bytes_total",
+                "must be at least incoming_buffer_bytes".into(),
+            );
         }
         if self.max_links_per_peer == 0 {
             return bad("max_links_per_peer", "must be at least 1".into());
@@ -221,27 +374,92 @@ pub struct PeerConn {
     pub reused: bool,
 }
 
-/// Counters of a [`Transport`], as a snapshot.
+/// Counters and gauges of a [`Transport`], as a snapshot
+/// ([`Transport::stats`]), for the metrics exporter.
+///
+/// *Counter* fields only grow (since bind); *gauge* fields are the value
+/// now. Every frame the transport does not hand to [`Transport::recv`] is
+/// counted under exactly one drop reason:
+/// `frames_dropped_peer_queue_full`, `frames_dropped_total_queue_full` or
+/// `frames_too_large` (their sum with `frames_received +
+/// datagrams_received` is every frame and datagram read off the wire).
+/// Every incoming connection attempt that reaches this crate ends in
+/// exactly one of `incoming_retried`, `incoming_refused` (split by reason
+/// in the three `incoming_refused_*` fields), `incoming_handshakes_failed`
+/// or `incoming_accepted` (or is still in `handshakes_in_progress`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportStats {
-    /// Stream frames queued for [`Transport::recv`].
+    /// Counter: stream frames queued for [`Transport::recv`].
     pub frames_received: u64,
-    /// Datagrams queued for [`Transport::recv`].
+    /// Counter: datagrams queued for [`Transport::recv`].
     pub datagrams_received: u64,
-    /// Frames and datagrams dropped because the receive queue was full.
+    /// Counter: frames and datagrams handed out by [`Transport::recv`].
+    pub frames_delivered: u64,
+    /// Gauge: frames and datagrams queued now, all peers.
+    pub frames_queued: u64,
+    /// Gauge: payload bytes queued now, all peers.
+    pub bytes_queued: u64,
+    /// Counter: frames and datagrams dropped because a receive queue was
+    /// full, for either reason below (their sum).
     pub frames_dropped_queue_full: u64,
-    /// Connections closed because the peer sent an oversized frame.
+    /// Counter: dropped because the sender's own queue was at
+    /// [`TransportConfig::peer_recv_queue`] frames or
+    /// [`TransportConfig::peer_recv_queue_bytes`] bytes (drop reason
+    /// `peer_queue_full`).
+    pub frames_dropped_peer_queue_full: u64,
+    /// Counter: dropped because all queues together were at
+    /// [`TransportConfig::recv_queue`] frames or
+    /// [`TransportConfig::recv_queue_bytes`] bytes (drop reason
+    /// `total_queue_full`).
+    pub frames_dropped_total_queue_full: u64,
+    /// Counter: frames over [`TransportConfig::max_frame_len`]; each closes
+    /// its connection (drop reason `oversized`).
     pub frames_too_large: u64,
-    /// Connections closed because the peer broke the stream protocol.
+    /// Counter: connections closed because the peer broke the stream
+    /// protocol.
     pub protocol_errors: u64,
-    /// Incoming connections whose handshake failed (bad or missing
-    /// certificate, wrong CA, expired, timeout).
-    pub incoming_handshakes_failed: u64,
-    /// Incoming connections refused at the connection limit.
+    /// Gauge: established connections, both directions.
+    pub connections_open: u64,
+    /// Gauge: established connections the peer dialed.
+    pub connections_incoming: u64,
+    /// Gauge: established connections this node dialed.
+    pub connections_outgoing: u64,
+    /// Gauge: incoming handshakes in progress (accepted, not yet
+    /// established nor failed).
+    pub handshakes_in_progress: u64,
+    /// Gauge: this node's own dials in progress.
+    pub dials_in_progress: u64,
+    /// Counter: incoming connection attempts (QUIC client Initials that
+    /// started a new attempt), including those sent a Retry.
+    pub incoming_attempts: u64,
+    /// Counter: attempts answered with a QUIC Retry (address validation)
+    /// because the source was not validated and the node was under load.
+    pub incoming_retried: u64,
+    /// Counter: attempts from validated sources refused (CONNECTION_REFUSED),
+    /// all reasons; the sum of the three fields below.
     pub incoming_refused: u64,
-    /// Peer events dropped because the event queue was full.
+    /// Counter: refused at [`TransportConfig::max_incoming_handshakes`].
+    pub incoming_refused_handshake_cap: u64,
+    /// Counter: refused at the incoming share of
+    /// [`TransportConfig::max_connections`].
+    pub incoming_refused_connection_cap: u64,
+    /// Counter: refused by the [`TransportConfig::handshake_rate`] limit.
+    pub incoming_refused_rate: u64,
+    /// Counter: incoming handshakes that failed after being accepted (bad or
+    /// missing certificate, wrong CA, expired, timeout, peer went away).
+    pub incoming_handshakes_failed: u64,
+    /// Counter: incoming connections established.
+    pub incoming_accepted: u64,
+    /// Counter: own dials refused at [`TransportConfig::max_connections`].
+    pub dials_refused: u64,
+    /// Counter: own dials that failed (handshake, timeout, wrong peer).
+    pub dials_failed: u64,
+    /// Counter: own dials established (reused connections not counted).
+    pub dials_established: u64,
+    /// Counter: peer events dropped because the event queue was full.
     pub events_dropped: u64,
-    /// Connections closed because a newer one to the same peer replaced them.
+    /// Counter: connections closed because a newer one to the same peer
+    /// replaced them.
     pub links_superseded: u64,
 }
 
@@ -249,17 +467,141 @@ pub struct TransportStats {
 struct Counters {
     frames_received: AtomicU64,
     datagrams_received: AtomicU64,
-    frames_dropped_queue_full: AtomicU64,
+    frames_delivered: AtomicU64,
+    frames_dropped_peer_queue_full: AtomicU64,
+    frames_dropped_total_queue_full: AtomicU64,
     frames_too_large: AtomicU64,
     protocol_errors: AtomicU64,
+    incoming_attempts: AtomicU64,
+    incoming_retried: AtomicU64,
+    incoming_refused_handshake_cap: AtomicU64,
+    incoming_refused_connection_cap: AtomicU64,
+    incoming_refused_rate: AtomicU64,
     incoming_handshakes_failed: AtomicU64,
-    incoming_refused: AtomicU64,
+    incoming_accepted: AtomicU64,
+    dials_refused: AtomicU64,
+    dials_failed: AtomicU64,
+    dials_established: AtomicU64,
     events_dropped: AtomicU64,
     links_superseded: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What occupies connection slots now; see [`Slot`].
+#[derive(Default)]
+struct Gauges {
+    handshakes: AtomicUsize,
+    dials: AtomicUsize,
+    incoming: AtomicUsize,
+    outgoing: AtomicUsize,
+}
+
+impl Gauges {
+    fn get(&self, kind: SlotKind) -> usize {
+        self.of(kind).load(Ordering::Relaxed)
+    }
+
+    fn of(&self, kind: SlotKind) -> &AtomicUsize {
+        match kind {
+            SlotKind::Handshake => &self.handshakes,
+            SlotKind::Dial => &self.dials,
+            SlotKind::Incoming => &self.incoming,
+            SlotKind::Outgoing => &self.outgoing,
+        }
+    }
+
+    /// Incoming handshakes and established incoming connections.
+    fn incoming_share(&self) -> usize {
+        self.get(SlotKind::Handshake) + self.get(SlotKind::Incoming)
+    }
+
+    fn total(&self) -> usize {
+        self.incoming_share() + self.get(SlotKind::Dial) + self.get(SlotKind::Outgoing)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SlotKind {
+    /// An incoming handshake in progress.
+    Handshake,
+    /// An own dial in progress.
+    Dial,
+    /// An established connection the peer dialed.
+    Incoming,
+    /// An established connection this node dialed.
+    Outgoing,
+}
+
+/// One occupied connection slot, released on drop.
+struct Slot {
+    gauges: Arc<Gauges>,
+    kind: SlotKind,
+}
+
+impl Slot {
+    fn take(gauges: &Arc<Gauges>, kind: SlotKind) -> Slot {
+        gauges.of(kind).fetch_add(1, Ordering::Relaxed);
+        Slot {
+            gauges: gauges.clone(),
+            kind,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauges.of(self.kind).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Token bucket of incoming handshakes; owned by the accept loop.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Bucket {
+        Bucket {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    fn ready(&mut self) -> bool {
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.tokens >= 1.0
+    }
+
+    fn take(&mut self) {
+        self.tokens -= 1.0;
+    }
+}
+
+/// Why an incoming attempt is not accepted right away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    HandshakeCap,
+    ConnectionCap,
+    Rate,
+}
+
+/// What the accept loop does with one incoming attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Accept,
+    Retry,
+    Refuse(Refusal),
 }
 
 #[derive(Clone)]
@@ -275,8 +617,6 @@ impl Link {
     }
 }
 
-type Frame = (NodeId, SocketAddr, Bytes);
-
 struct Inner {
     endpoint: quinn::Endpoint,
     local_id: NodeId,
@@ -286,9 +626,10 @@ struct Inner {
     quic_transport: Arc<quinn::TransportConfig>,
     default_client: quinn::ClientConfig,
     peers: Mutex<HashMap<NodeId, Vec<Link>>>,
-    data_tx: mpsc::Sender<Frame>,
+    queue: FairQueue,
     event_tx: mpsc::Sender<PeerEvent>,
     counters: Counters,
+    gauges: Arc<Gauges>,
     next_link: AtomicU64,
 }
 
@@ -299,7 +640,6 @@ struct Inner {
 /// closes the endpoint and every connection.
 pub struct Transport {
     inner: Arc<Inner>,
-    data_rx: tokio::sync::Mutex<mpsc::Receiver<Frame>>,
     event_rx: tokio::sync::Mutex<mpsc::Receiver<PeerEvent>>,
     accept_task: JoinHandle<()>,
     closed: tokio::sync::watch::Sender<bool>,
@@ -372,14 +712,23 @@ impl Transport {
         let server_quic = QuicServerConfig::try_from(Arc::new(server_tls))
             .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
-        server.transport_config(quic_transport.clone());
+        server
+            .transport_config(quic_transport.clone())
+            .max_incoming(cfg.max_incoming)
+            .incoming_buffer_size(cfg.incoming_buffer_bytes)
+            .incoming_buffer_size_total(cfg.incoming_buffer_bytes_total);
         let default_client = quic_client(client_tls.clone(), quic_transport.clone())?;
 
         let endpoint = quinn::Endpoint::server(server, listen).map_err(|source| Error::Bind {
             addr: listen,
             source,
         })?;
-        let (data_tx, data_rx) = mpsc::channel(cfg.recv_queue);
+        let queue = FairQueue::new(Limits {
+            peer_frames: cfg.peer_recv_queue,
+            peer_bytes: cfg.peer_recv_queue_bytes,
+            total_frames: cfg.recv_queue,
+            total_bytes: cfg.recv_queue_bytes,
+        });
         let (event_tx, event_rx) = mpsc::channel(cfg.event_queue);
         let inner = Arc::new(Inner {
             endpoint,
@@ -390,16 +739,16 @@ impl Transport {
             quic_transport,
             default_client,
             peers: Mutex::new(HashMap::new()),
-            data_tx,
+            queue,
             event_tx,
             counters: Counters::default(),
+            gauges: Arc::default(),
             next_link: AtomicU64::new(1),
         });
         let accept_task = tokio::spawn(accept_loop(inner.clone()));
         info!(node = %local_id, addr = ?inner.endpoint.local_addr().ok(), "mesh transport bound");
         Ok(Transport {
             inner,
-            data_rx: tokio::sync::Mutex::new(data_rx),
             event_rx: tokio::sync::Mutex::new(event_rx),
             accept_task,
             closed: tokio::sync::watch::Sender::new(false),
@@ -436,7 +785,12 @@ impl Transport {
         if let Some(found) = inner.find_live(addr, expected) {
             return Ok(found);
         }
-        if inner.endpoint.open_connections() >= inner.cfg.max_connections {
+        // Own dials may take any free slot, including the outgoing reserve
+        // incoming connections cannot touch.
+        let dial_slot = Slot::take(&inner.gauges, SlotKind::Dial);
+        if inner.gauges.total() > inner.cfg.max_connections {
+            drop(dial_slot);
+            bump(&inner.counters.dials_refused);
             return Err(Error::TooManyConnections(inner.cfg.max_connections));
         }
         let client = match expected {
@@ -470,10 +824,16 @@ impl Transport {
             }
             res
         };
-        match tokio::time::timeout(after, dial).await {
+        let res = match tokio::time::timeout(after, dial).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout { addr, after }),
-        }
+        };
+        drop(dial_slot);
+        bump(match res {
+            Ok(_) => &inner.counters.dials_established,
+            Err(_) => &inner.counters.dials_failed,
+        });
+        res
     }
 
     /// Send one frame to `peer` on its reliable ordered stream.
@@ -527,14 +887,30 @@ impl Transport {
     /// and the payload. After [`Transport::shutdown`], drains what was
     /// already queued, then `None`.
     ///
-    /// Cancel-safe. Concurrent callers take turns.
+    /// Peers with frames waiting are served in turn, one frame each (see
+    /// [`crate::fair`]); frames from one peer keep their order (per
+    /// connection). Cancel-safe. Concurrent callers each get different
+    /// frames.
     pub async fn recv(&self) -> Option<(NodeId, SocketAddr, Bytes)> {
         let mut closed = self.closed.subscribe();
-        let mut rx = self.data_rx.lock().await;
-        tokio::select! {
-            biased;
-            v = rx.recv() => v,
-            _ = closed.wait_for(|c| *c) => None,
+        let queue = &self.inner.queue;
+        loop {
+            // Registered before the check, so a frame queued in between
+            // still wakes this caller.
+            let notified = queue.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(f) = queue.pop() {
+                bump(&self.inner.counters.frames_delivered);
+                return Some(f);
+            }
+            if *closed.borrow_and_update() {
+                return None;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = closed.changed() => {}
+            }
         }
     }
 
@@ -598,14 +974,44 @@ impl Transport {
     pub fn stats(&self) -> TransportStats {
         let c = &self.inner.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let gauge = |k: SlotKind| self.inner.gauges.get(k) as u64;
+        let (frames_queued, bytes_queued) = self.inner.queue.len();
+        let (peer_full, total_full) = (
+            g(&c.frames_dropped_peer_queue_full),
+            g(&c.frames_dropped_total_queue_full),
+        );
+        let refused = (
+            g(&c.incoming_refused_handshake_cap),
+            g(&c.incoming_refused_connection_cap),
+            g(&c.incoming_refused_rate),
+        );
         TransportStats {
             frames_received: g(&c.frames_received),
             datagrams_received: g(&c.datagrams_received),
-            frames_dropped_queue_full: g(&c.frames_dropped_queue_full),
+            frames_delivered: g(&c.frames_delivered),
+            frames_queued: frames_queued as u64,
+            bytes_queued: bytes_queued as u64,
+            frames_dropped_queue_full: peer_full + total_full,
+            frames_dropped_peer_queue_full: peer_full,
+            frames_dropped_total_queue_full: total_full,
             frames_too_large: g(&c.frames_too_large),
             protocol_errors: g(&c.protocol_errors),
+            connections_open: gauge(SlotKind::Incoming) + gauge(SlotKind::Outgoing),
+            connections_incoming: gauge(SlotKind::Incoming),
+            connections_outgoing: gauge(SlotKind::Outgoing),
+            handshakes_in_progress: gauge(SlotKind::Handshake),
+            dials_in_progress: gauge(SlotKind::Dial),
+            incoming_attempts: g(&c.incoming_attempts),
+            incoming_retried: g(&c.incoming_retried),
+            incoming_refused: refused.0 + refused.1 + refused.2,
+            incoming_refused_handshake_cap: refused.0,
+            incoming_refused_connection_cap: refused.1,
+            incoming_refused_rate: refused.2,
             incoming_handshakes_failed: g(&c.incoming_handshakes_failed),
-            incoming_refused: g(&c.incoming_refused),
+            incoming_accepted: g(&c.incoming_accepted),
+            dials_refused: g(&c.dials_refused),
+            dials_failed: g(&c.dials_failed),
+            dials_established: g(&c.dials_established),
             events_dropped: g(&c.events_dropped),
             links_superseded: g(&c.links_superseded),
         }
@@ -705,16 +1111,36 @@ impl Inner {
     }
 
     fn deliver(&self, peer: NodeId, addr: SocketAddr, payload: Bytes, datagram: bool) {
-        match self.data_tx.try_send((peer, addr, payload)) {
-            Ok(()) => bump(if datagram {
-                &self.counters.datagrams_received
-            } else {
-                &self.counters.frames_received
-            }),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                bump(&self.counters.frames_dropped_queue_full);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let c = &self.counters;
+        bump(match self.queue.push(peer, addr, payload) {
+            Push::Queued if datagram => &c.datagrams_received,
+            Push::Queued => &c.frames_received,
+            Push::PeerFull => &c.frames_dropped_peer_queue_full,
+            Push::TotalFull => &c.frames_dropped_total_queue_full,
+        });
+    }
+
+    /// The accept loop's decision on one incoming attempt; see the module
+    /// docs, *Admission of incoming connections*.
+    fn admit(&self, bucket: &mut Bucket, validated: bool, may_retry: bool) -> Admit {
+        let cfg = &self.cfg;
+        let handshakes = self.gauges.get(SlotKind::Handshake);
+        let refusal = if handshakes >= cfg.max_incoming_handshakes {
+            Some(Refusal::HandshakeCap)
+        } else if self.gauges.incoming_share() >= cfg.max_connections - cfg.outgoing_reserve {
+            Some(Refusal::ConnectionCap)
+        } else if !bucket.ready() {
+            Some(Refusal::Rate)
+        } else {
+            None
+        };
+        let loaded = handshakes >= cfg.retry_above_handshakes;
+        if !validated && may_retry && (loaded || refusal.is_some()) {
+            return Admit::Retry;
+        }
+        match refusal {
+            Some(r) => Admit::Refuse(r),
+            None => Admit::Accept,
         }
     }
 
@@ -798,6 +1224,15 @@ async fn establish(
         tx: Arc::new(tokio::sync::Mutex::new(tx)),
     };
     let link_id = link.id;
+    // Held by the link's task: the connection's slot until it closes.
+    let slot = Slot::take(
+        &inner.gauges,
+        if client {
+            SlotKind::Outgoing
+        } else {
+            SlotKind::Incoming
+        },
+    );
     let evicted = {
         let mut peers = inner.lock_peers();
         let links = peers.entry(id).or_default();
@@ -817,7 +1252,10 @@ async fn establish(
             .close(VarInt::from_u32(close_code::SUPERSEDED), b"superseded");
     }
     debug!(peer = %id, %addr, client, "connection established");
-    tokio::spawn(run_link(inner, link_id, id, conn, first));
+    if !client {
+        bump(&inner.counters.incoming_accepted);
+    }
+    tokio::spawn(run_link(inner, slot, link_id, id, conn, first));
     Ok(PeerConn {
         node_id: id,
         remote_addr: addr,
@@ -835,13 +1273,39 @@ async fn read_preamble(rx: &mut quinn::RecvStream) -> Result<(), String> {
 }
 
 async fn accept_loop(inner: Arc<Inner>) {
+    let c = &inner.counters;
+    let mut bucket = Bucket::new(inner.cfg.handshake_rate, inner.cfg.handshake_burst);
     while let Some(incoming) = inner.endpoint.accept().await {
-        // Counts established connections and accepted handshakes in progress.
-        if inner.endpoint.open_connections() >= inner.cfg.max_connections {
-            bump(&inner.counters.incoming_refused);
-            incoming.refuse();
-            continue;
+        bump(&c.incoming_attempts);
+        let validated = incoming.remote_address_validated();
+        match inner.admit(&mut bucket, validated, incoming.may_retry()) {
+            Admit::Accept => {}
+            Admit::Retry => {
+                // Stateless: the token says who asked and when; a spoofed or
+                // replayed Initial never comes back with it.
+                match incoming.retry() {
+                    Ok(()) => bump(&c.incoming_retried),
+                    Err(e) => {
+                        // Not reached: a Retry is chosen only if may_retry.
+                        bump(&c.incoming_refused_handshake_cap);
+                        e.into_incoming().refuse();
+                    }
+                }
+                continue;
+            }
+            Admit::Refuse(why) => {
+                bump(match why {
+                    Refusal::HandshakeCap => &c.incoming_refused_handshake_cap,
+                    Refusal::ConnectionCap => &c.incoming_refused_connection_cap,
+                    Refusal::Rate => &c.incoming_refused_rate,
+                });
+                debug!(addr = %incoming.remote_address(), ?why, "incoming connection refused");
+                incoming.refuse();
+                continue;
+            }
         }
+        bucket.take();
+        let slot = Slot::take(&inner.gauges, SlotKind::Handshake);
         let inner = inner.clone();
         tokio::spawn(async move {
             let addr = incoming.remote_address();
@@ -858,9 +1322,10 @@ async fn accept_loop(inner: Arc<Inner>) {
                 Ok(r) => r,
                 Err(_) => Err(Error::Timeout { addr, after }),
             };
+            drop(slot);
             if let Err(e) = res {
                 bump(&inner.counters.incoming_handshakes_failed);
-                debug!(%addr, error = %e, "incoming connection refused");
+                debug!(%addr, error = %e, "incoming handshake failed");
             }
         });
     }
@@ -870,6 +1335,7 @@ async fn accept_loop(inner: Arc<Inner>) {
 /// datagrams, then unregister it.
 async fn run_link(
     inner: Arc<Inner>,
+    slot: Slot,
     link_id: u64,
     peer: NodeId,
     conn: quinn::Connection,
@@ -895,6 +1361,7 @@ async fn run_link(
     };
     debug!(%peer, %addr, %reason, "connection closed");
     inner.unregister(peer, link_id);
+    drop(slot);
 }
 
 async fn read_frames(

@@ -20,8 +20,10 @@
 //! * [`ca`]: the mesh CA, node certificates, the node key in PKCS#8 form.
 //! * [`verify`]: the rustls client and server certificate verifiers.
 //! * [`frame`]: the `u16` little-endian length prefix used on streams.
-//! * [`endpoint`]: [`Transport`], the tokio/quinn endpoint: dial, accept,
-//!   send, one bounded receive queue, peer events.
+//! * [`endpoint`]: [`Transport`], the tokio/quinn endpoint: dial, accept
+//!   (with address validation, a handshake cap and rate, and a reserve for
+//!   the node's own dials), send, receive, peer events.
+//! * [`fair`]: the receive side, one bounded queue per peer served in turn.
 //!
 //! Everything received from the network is treated as hostile: no panics,
 //! bounded allocation (at most one frame of [`MAX_FRAME_LEN`] bytes per
@@ -32,6 +34,7 @@
 pub mod ca;
 pub mod endpoint;
 mod error;
+pub mod fair;
 pub mod frame;
 pub mod verify;
 

@@ -63,7 +63,7 @@ async fn a_full_receive_queue_drops_and_counts_instead_of_stalling() {
             &ca,
             1,
             TransportConfig {
-                recv_queue: 4,
+                peer_recv_queue: 4,
                 ..fast_cfg()
             },
         );
@@ -82,6 +82,8 @@ async fn a_full_receive_queue_drops_and_counts_instead_of_stalling() {
         .await;
         let s = a.stats();
         assert_eq!((s.frames_received, s.frames_dropped_queue_full), (4, 16));
+        assert_eq!(s.frames_dropped_peer_queue_full, 16);
+        assert_eq!(s.frames_queued, 4);
         for i in 0u8..4 {
             assert_eq!(&a.recv().await.expect("recv").2[..], &[i]);
         }
@@ -236,6 +238,7 @@ async fn incoming_connections_over_the_limit_are_refused() {
             1,
             TransportConfig {
                 max_connections: 1,
+                outgoing_reserve: 0,
                 ..fast_cfg()
             },
         );
@@ -243,7 +246,11 @@ async fn incoming_connections_over_the_limit_are_refused() {
         let a_addr = a.local_addr().expect("addr");
         b.connect(a_addr, None).await.expect("first fits");
         assert!(c.connect(a_addr, None).await.is_err(), "second refused");
-        assert_eq!(a.stats().incoming_refused, 1);
+        let s = a.stats();
+        assert_eq!(
+            (s.incoming_refused, s.incoming_refused_connection_cap),
+            (1, 1)
+        );
         assert_eq!(a.peers().len(), 1);
     })
     .await

@@ -2,10 +2,14 @@
 //! pipeline on every batch.
 //!
 //! ```text
-//!   wait (poll socket + waker) → recv batch → Pipeline::process
+//!   wait (poll socket + waker)
+//!   commands from the control plane, each wake:
+//!     Publish (sealed here) → mark seen → send to the origin list
+//!     Repair (over mutual TLS) ─┐ the same stages as a received batch
+//!   recv batch ─────────────────┴→ Pipeline (parse → replay window → admission
+//!     → dedup probe → verify, inline or on the verify pool → payload check)
 //!     → hand accepted messages to the control plane (bounded queue)
-//!     → commit as seen → forward Data to `fanout` peers (hop limit − 1)
-//!   commands from the control plane (local publishes) are drained each wake
+//!     → commit as seen → forward data to `fanout` peers (hop limit − 1)
 //!   counters are published to shared atomics once per batch
 //! ```
 //!
@@ -13,6 +17,23 @@
 //! lock-free [`ForwardSet`] snapshot the control plane swaps in, and the queue
 //! towards the control plane is bounded; when it is full the message is
 //! counted as `queue_full`, not marked seen, and can arrive again later.
+//!
+//! # What the control plane gets, and the copy on the way
+//!
+//! An accepted message is handed over as an [`Inbound::Message`]: an
+//! [`InboundMessage`] with every header field, its id and the offsets of
+//! its topic and body already read and validated here, so the control
+//! plane never parses it again. It owns the whole signed datagram in one
+//! buffer, and that buffer is the one copy left on the way: the datagram is
+//! copied out of the receive buffer (a `recvmmsg` slot, or a UMEM frame on
+//! AF_XDP) because that memory is recycled right after the batch, when the
+//! frame goes back to the fill ring or the slot is received into again, while
+//! the control plane keeps the message (its store answers repairs). On the
+//! verify-pool path the screened datagrams are also copied once into the
+//! pool's batch and beside it, since their verdicts come back after the
+//! receive buffer has been reused; the message handed on is then copied
+//! from that owned copy. A repeat of an accepted message is reported, when
+//! asked for, as an [`Inbound::Duplicate`], not as bytes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,10 +51,11 @@ use std::os::fd::RawFd;
 use crate::backend::{Backend, RxView, TxSink};
 use crate::clock::wall_us;
 use crate::forward::{ForwardSet, Forwarding};
+use crate::identity::NodeId;
 use crate::pipeline::{Accepted, DropReason, Pipeline, PipelineConfig, recycle};
 use crate::udp::{BatchSocket, UdpBackend, Waker, wait_readable};
 use crate::verify::workers::{PoolConfig, PoolStats, VerifyBatch, VerifyPool};
-use crate::wire::{self, Kind, Packet};
+use crate::wire::{self, Kind, MsgId, Packet};
 
 /// Tile settings.
 #[derive(Clone)]
@@ -55,7 +77,7 @@ pub struct TileConfig {
     /// every correctly signed message.
     pub admission: Option<crate::pipeline::Admission>,
     /// Hand the control plane a notice for each duplicate data message that
-    /// came from a forward-set peer (see [`Inbound::duplicate`]): a Plumtree
+    /// came from a forward-set peer (see [`Inbound::Duplicate`]): a Plumtree
     /// control plane prunes those links. Duplicates from other addresses are
     /// never reported, so the notices are bounded by the forward set.
     pub report_duplicates: bool,
@@ -74,22 +96,125 @@ impl core::fmt::Debug for TileConfig {
     }
 }
 
-/// A message that passed every stage, handed to the control plane.
+/// What the tile hands the control plane.
 #[derive(Clone, Debug)]
-pub struct Inbound {
-    /// The whole datagram as received.
-    pub bytes: Vec<u8>,
+pub enum Inbound {
+    /// A message that passed every stage.
+    Message(InboundMessage),
+    /// A duplicate notice, not a message: a copy of data message `id`,
+    /// which this node had already accepted, came again from `from` (a
+    /// forward-set peer). Never verified again, so it proves nothing beyond
+    /// "this address sent a copy".
+    Duplicate {
+        /// The message's id.
+        id: MsgId,
+        /// UDP source address of the copy.
+        from: SocketAddr,
+    },
+}
+
+/// A message that passed every stage: the signed datagram and what the
+/// pipeline read from it. Built by the tile (or, for a message this node
+/// sealed, by [`InboundMessage::from_sealed`]), so the fields agree with
+/// the bytes and the topic and body are valid.
+#[derive(Clone, Debug)]
+pub struct InboundMessage {
+    /// The whole signed datagram, as received (hop limit included).
+    bytes: Vec<u8>,
+    /// Its id (derived from the signature).
+    pub id: MsgId,
     /// Its kind.
     pub kind: Kind,
-    /// UDP source address.
+    /// The origin's public key (its signature was checked against it).
+    pub origin: NodeId,
+    /// The origin's sequence number.
+    pub sequence: u64,
+    /// The origin's clock at signing, µs since the Unix epoch.
+    pub timestamp_us: u64,
+    /// Hop limit as received (before forwarding decremented it).
+    pub hop_limit: u8,
+    /// UDP source address, or for a repair the mesh address of the member
+    /// that sent it.
     pub from: SocketAddr,
     /// Local wall clock at receipt, µs since the Unix epoch.
     pub received_us: u64,
-    /// A duplicate notice, not a message: `bytes` is only the 64-byte
-    /// signature of a data message this node had already accepted, received
-    /// again from `from` (a forward-set peer). Never verified again, so it
-    /// proves nothing beyond "this address sent a copy".
-    pub duplicate: bool,
+    /// Repaired over mutual TLS ([`Command::Repair`]), not received on the
+    /// socket.
+    pub repair: bool,
+    /// Offset of the topic in `bytes`, and its length (the body runs from
+    /// its end to the signature). A data message's, validated.
+    topic_at: usize,
+    topic_len: usize,
+}
+
+impl InboundMessage {
+    /// Reads a packet the pipeline accepted. `None` when its data payload is
+    /// not topic + body (the pipeline has already dropped those).
+    fn from_packet(
+        packet: &Packet<'_>,
+        from: SocketAddr,
+        received_us: u64,
+        repair: bool,
+    ) -> Option<InboundMessage> {
+        let (topic_at, topic_len) = if packet.kind() == Kind::Data {
+            let (topic, _) = wire::split_data_payload(packet.payload())?;
+            (wire::HEADER_LEN + 1, topic.len())
+        } else {
+            (wire::HEADER_LEN, 0)
+        };
+        Some(InboundMessage {
+            bytes: packet.as_bytes().to_vec(),
+            id: packet.message_id(),
+            kind: packet.kind(),
+            origin: NodeId(*packet.origin()),
+            sequence: packet.sequence(),
+            timestamp_us: packet.timestamp_us(),
+            hop_limit: packet.hop_limit(),
+            from,
+            received_us,
+            repair,
+            topic_at,
+            topic_len,
+        })
+    }
+
+    /// A message this node sealed itself (a local publish), read the way the
+    /// tile reads an accepted one. Its signature is not checked: anything
+    /// from the network goes through the tile instead.
+    pub fn from_sealed(
+        bytes: Vec<u8>,
+        from: SocketAddr,
+        received_us: u64,
+    ) -> Result<InboundMessage, DropReason> {
+        let packet = Packet::parse(&bytes)?;
+        InboundMessage::from_packet(&packet, from, received_us, false).ok_or(DropReason::BadPayload)
+    }
+
+    /// The whole signed datagram.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The topic (empty for a kind without one).
+    pub fn topic(&self) -> &str {
+        self.bytes
+            .get(self.topic_at..self.topic_at + self.topic_len)
+            .and_then(|t| core::str::from_utf8(t).ok())
+            .unwrap_or("")
+    }
+
+    /// The body: the payload after the topic.
+    pub fn body(&self) -> &[u8] {
+        let end = self.bytes.len().saturating_sub(wire::SIGNATURE_LEN);
+        self.bytes
+            .get(self.topic_at + self.topic_len..end)
+            .unwrap_or(&[])
+    }
+
+    /// The signed datagram, without a copy.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 /// Commands from the control plane.
@@ -619,7 +744,7 @@ impl Tile {
                 let p = Packet::parse(views.get(i)?).ok()?;
                 Some((*p.signature(), p.kind(), from(i)))
             });
-            report_duplicates(copies, &self.forward, &self.inbound, src.wall);
+            report_duplicates(copies, &self.forward, &self.inbound);
         }
         self.publish();
     }
@@ -705,7 +830,7 @@ impl Tile {
                             held.source_of(d.index),
                         )
                     });
-                    report_duplicates(copies, &self.forward, &self.inbound, src.wall);
+                    report_duplicates(copies, &self.forward, &self.inbound);
                 }
             }
             held.clear();
@@ -729,14 +854,10 @@ impl Tile {
     ) -> bool {
         let packet = &a.packet;
         let kind = packet.kind();
-        let msg = Inbound {
-            bytes: packet.as_bytes().to_vec(),
-            kind,
-            from,
-            received_us: src.wall,
-            duplicate: false,
+        let Some(msg) = InboundMessage::from_packet(packet, from, src.wall, src.repair) else {
+            return true;
         };
-        match (self.inbound)(msg) {
+        match (self.inbound)(Inbound::Message(msg)) {
             handoff::SendOutcome::Sent => {}
             handoff::SendOutcome::Full => {
                 self.pipeline.count_queue_full(kind);
@@ -779,19 +900,15 @@ fn report_duplicates(
     copies: impl Iterator<Item = ([u8; wire::SIGNATURE_LEN], Kind, SocketAddr)>,
     forward: &ArcSwap<ForwardSet>,
     inbound: &handoff::InboundSender,
-    wall: u64,
 ) {
     let peers = forward.load();
     for (signature, kind, src) in copies {
         if kind != Kind::Data || !peers.peers.contains(&src) {
             continue;
         }
-        let _ = inbound(Inbound {
-            bytes: signature.to_vec(),
-            kind: Kind::Data,
+        let _ = inbound(Inbound::Duplicate {
+            id: wire::message_id(&signature),
             from: src,
-            received_us: wall,
-            duplicate: true,
         });
     }
 }
@@ -906,7 +1023,20 @@ mod tests {
             );
             let got: Vec<_> = rx.try_iter().collect();
             assert_eq!(got.len(), 1, "pool {on_pool}");
-            assert_eq!(got[0].bytes, real, "pool {on_pool}");
+            let Inbound::Message(m) = &got[0] else {
+                panic!("pool {on_pool}: a message, not a notice");
+            };
+            assert_eq!(m.bytes(), &real[..], "pool {on_pool}");
+            assert_eq!((m.topic(), m.body()), ("t", &b"the real body"[..]));
+            assert_eq!(
+                (m.id, m.origin, m.sequence),
+                (
+                    wire::message_id(Packet::parse(&real).unwrap().signature()),
+                    id.node_id(),
+                    1
+                )
+            );
+            assert!(!m.repair);
             tile.stop();
         }
     }
@@ -995,6 +1125,64 @@ mod tests {
             let p = Packet::parse(&fwd).unwrap();
             assert_eq!((p.sequence(), p.hop_limit()), (1, 3), "hop limit − 1");
             assert!(recv_from(&member).is_none(), "never back to the sender");
+            tile.stop();
+        }
+    }
+
+    /// With duplicate reports on, a repeat from a forward-set peer comes back as a typed
+    /// notice (the message's id and the peer), on both verify paths: a same-batch copy
+    /// once the first copy's verdict is in, a later one at once.
+    #[test]
+    fn repeats_from_forward_set_peers_are_reported_as_typed_duplicate_notices() {
+        for pool in [None, Some(PoolConfig::default())] {
+            let on_pool = pool.is_some();
+            let id = crate::identity::Identity::from_seed([13; 32]);
+            let mut payload = Vec::new();
+            wire::data_payload("t", b"x", &mut payload).unwrap();
+            let mut msg = Vec::new();
+            id.seal(Kind::Data, 1, 1, wall_us(), &payload, &mut msg)
+                .unwrap();
+            let msg_id = wire::message_id(Packet::parse(&msg).unwrap().signature());
+            let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let peer_addr = peer.local_addr().unwrap();
+            let sock = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20, 1 << 20).unwrap();
+            let to = sock.local_addr().unwrap();
+            peer.send_to(&msg, to).unwrap();
+            peer.send_to(&msg, to).unwrap();
+            let forward = Arc::new(ArcSwap::from_pointee(ForwardSet {
+                peers: vec![peer_addr],
+                origin: Vec::new(),
+            }));
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let mut cfg = test_config(pool);
+            cfg.report_duplicates = true;
+            let mut tile = spawn_udp_tile(
+                sock,
+                cfg,
+                forward,
+                Box::new(move |m| {
+                    let _ = tx.send(m);
+                    handoff::SendOutcome::Sent
+                }),
+            )
+            .unwrap();
+            wait_stats(&tile, |s| {
+                s.dropped[DropReason::Duplicate as usize].load(Ordering::Relaxed) >= 1
+            });
+            peer.send_to(&msg, to).unwrap();
+            wait_stats(&tile, |s| {
+                s.dropped[DropReason::Duplicate as usize].load(Ordering::Relaxed) >= 2
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            let got: Vec<_> = rx.try_iter().collect();
+            assert_eq!(got.len(), 3, "pool {on_pool}: {got:?}");
+            assert!(matches!(&got[0], Inbound::Message(m) if m.id == msg_id));
+            for notice in &got[1..] {
+                assert!(
+                    matches!(notice, Inbound::Duplicate { id, from } if *id == msg_id && *from == peer_addr),
+                    "pool {on_pool}: {notice:?}"
+                );
+            }
             tile.stop();
         }
     }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane::identity::Identity;
-use dataplane::tile::{self, Inbound};
+use dataplane::tile::{Inbound, InboundMessage};
 use dataplane::wire::{self, Kind, Packet};
 use mesh_protocol::{
     Command as CoreCommand, Event, Instant, Message, MsgId, Node as Core, NodeId, Reachability,
@@ -164,27 +164,21 @@ impl Driver {
 
     /// A message (or a duplicate notice) from the fast path.
     fn on_inbound(&mut self, m: Inbound) {
-        if m.duplicate {
-            self.on_duplicate(&m);
-            return;
-        }
-        let Ok(p) = Packet::parse(&m.bytes) else {
-            return;
-        };
-        if m.kind == Kind::Data && self.accept_data(&p, m.received_us, false) {
-            self.data_to_core(&p, Some(m.from));
+        match m {
+            Inbound::Duplicate { id, from } => self.on_duplicate(id, from),
+            Inbound::Message(m) => {
+                if m.kind == Kind::Data && self.accept_data(&m, false) {
+                    self.data_to_core(&m, Some(m.from));
+                }
+            }
         }
     }
 
     /// A copy of an accepted message came from an eager peer: the core prunes that link (the
     /// tree already reaches this node another way).
-    fn on_duplicate(&mut self, m: &Inbound) {
-        let Ok(sig) = <&[u8; 64]>::try_from(&m.bytes[..]) else {
-            return;
-        };
+    fn on_duplicate(&mut self, id: MsgId, addr: SocketAddr) {
         let now = self.clock.now();
-        let id = wire::message_id(sig);
-        let Some(from) = self.book.id_at(&m.from) else {
+        let Some(from) = self.book.id_at(&addr) else {
             return;
         };
         if self.core.has_message(&id) {
@@ -213,12 +207,12 @@ impl Driver {
     /// A data message accepted here for the first time (`from`: the mesh address it came
     /// from; `None` when published here): the core announces it lazily and can answer grafts
     /// and pulls for it.
-    fn data_to_core(&mut self, p: &Packet<'_>, from: Option<SocketAddr>) {
+    fn data_to_core(&mut self, p: &InboundMessage, from: Option<SocketAddr>) {
         let now = self.clock.now();
-        let id = p.message_id();
+        let id = p.id;
         match from.and_then(|a| self.book.id_at(&a)) {
             Some(sender) => {
-                let round = u16::from(self.origin.hop_limit.saturating_sub(p.hop_limit()));
+                let round = u16::from(self.origin.hop_limit.saturating_sub(p.hop_limit));
                 self.core.handle_message(
                     now,
                     sender,
@@ -258,14 +252,12 @@ impl Driver {
 
     /// Stores and delivers a data message (from the mesh or local). False when it was
     /// already held (or its payload is not topic + body, which the fast path drops first).
-    fn accept_data(&mut self, p: &Packet<'_>, received_us: u64, local: bool) -> bool {
-        let id = p.message_id();
-        let Some((topic, body)) = wire::split_data_payload(p.payload()) else {
-            return false;
-        };
+    fn accept_data(&mut self, p: &InboundMessage, local: bool) -> bool {
+        let id = p.id;
+        let (topic, body, received_us) = (p.topic(), p.body(), p.received_us);
         if !self
             .store
-            .insert(self.clock.now(), id, Arc::from(p.as_bytes()))
+            .insert(self.clock.now(), id, Arc::from(p.bytes()))
         {
             return false;
         }
@@ -273,18 +265,18 @@ impl Driver {
         m.store_messages.set(self.store.len() as i64);
         let d = Delivered {
             id: id.to_hex(),
-            origin: hex::encode(p.origin()),
-            sequence: p.sequence(),
+            origin: p.origin.to_hex(),
+            sequence: p.sequence,
             topic: topic.to_owned(),
             text: std::str::from_utf8(body).ok().map(str::to_owned),
             data_b64: b64(body),
-            timestamp_us: p.timestamp_us(),
+            timestamp_us: p.timestamp_us,
             received_us,
             local,
         };
         if !local {
             m.delivered.inc();
-            let lat = received_us.saturating_sub(p.timestamp_us()) as f64 / 1e6;
+            let lat = received_us.saturating_sub(p.timestamp_us) as f64 / 1e6;
             m.observe_latency(lat);
         }
         let _ = self.service.deliveries.send(Arc::new(d));
@@ -406,12 +398,13 @@ impl Driver {
             return Err(PublishError::Unavailable("fast path queue full"));
         }
         self.origin.sequence = sequence;
-        let p = Packet::parse(&bytes).map_err(|_| PublishError::Unavailable("encoding bug"))?;
-        self.accept_data(&p, ts, true);
+        let p = InboundMessage::from_sealed(bytes, SocketAddr::from(([0, 0, 0, 0], 0)), ts)
+            .map_err(|_| PublishError::Unavailable("encoding bug"))?;
+        self.accept_data(&p, true);
         self.data_to_core(&p, None);
         self.service.metrics.published.inc();
         Ok(Receipt {
-            id: p.message_id().to_hex(),
+            id: p.id.to_hex(),
             sequence,
             timestamp_us: ts,
         })

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dataplane::identity::{Identity, NodeId};
-use dataplane::tile::{self, Inbound};
+use dataplane::tile::Inbound;
 use dataplane::udp::BatchSocket;
 use mesh_protocol::{Instant, Node as Core, NodeConfig as CoreConfig};
 use rand::SeedableRng;

@@ -187,10 +187,6 @@ const _: () = {
     );
 };
 
-// retired: remove once node/ stops using it (use `label::MemberStatus`).
-/// `mesh.member.status` values, in `mesh_protocol::Status` order.
-pub const MEMBER_STATUSES: [&str; label::MemberStatus::COUNT] = label_names!(label::MemberStatus);
-
 /// Buckets (seconds) of a histogram with unit `s`.
 const SECONDS_BUCKETS: [f64; 15] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -707,7 +703,9 @@ mod tests {
             ["alive", "suspect", "dead", "left"]
         );
         assert_eq!(
-            MEMBER_STATUSES.to_vec(),
+            label::MemberStatus::ALL
+                .map(label::MemberStatus::as_str)
+                .to_vec(),
             registry::attr::MESH_MEMBER_STATUS.members.to_vec()
         );
         assert_eq!(

@@ -39,6 +39,7 @@ use super::links::{DialDone, Dialed, Links, data_addr_of};
 use crate::admission::Admitted;
 use crate::book::AddressBook;
 use crate::frames::{self, FRAME_DATAGRAM, FRAME_OVERLAY};
+use crate::metrics::label::OverlayFrameOutcome as Outcome;
 use crate::service::{Delivered, PublishError, Receipt, Request, Service};
 use crate::store::MessageStore;
 
@@ -292,7 +293,7 @@ impl Driver {
         match frame.first() {
             Some(&FRAME_OVERLAY) => self.on_core_frame(from, frame),
             Some(&FRAME_DATAGRAM) => self.on_repair(remote, &frame[1..]),
-            _ => self.links.count("invalid", 1),
+            _ => self.links.count(Outcome::Invalid, 1),
         }
     }
 
@@ -300,14 +301,14 @@ impl Driver {
         let (hints, msg) = match frames::decode_frame(frame) {
             Ok(x) => x,
             Err(e) => {
-                self.links.count("invalid", 1);
+                self.links.count(Outcome::Invalid, 1);
                 tracing::debug!(peer = %from.short(), error = %e, "bad core frame");
                 return;
             }
         };
         if matches!(msg, Message::Gossip { .. }) {
             // Payloads only travel as signed datagrams.
-            self.links.count("invalid", 1);
+            self.links.count(Outcome::Invalid, 1);
             return;
         }
         for (n, a) in hints {
@@ -319,7 +320,7 @@ impl Driver {
         for n in msg.mentioned_nodes() {
             self.admitted.admit(&n);
         }
-        self.links.count("received", 1);
+        self.links.count(Outcome::Received, 1);
         self.core.handle_message(self.clock.now(), from, msg);
     }
 
@@ -331,10 +332,10 @@ impl Driver {
             return;
         };
         let Ok(p) = Packet::parse(datagram) else {
-            self.links.count("invalid", 1);
+            self.links.count(Outcome::Invalid, 1);
             return;
         };
-        self.links.count("received", 1);
+        self.links.count(Outcome::Received, 1);
         self.admitted.admit(&NodeId(*p.origin()));
         self.publish_admitted();
         if !self.fast.repair(datagram.to_vec(), data) {
@@ -433,6 +434,12 @@ impl Driver {
             self.send_stored(to, id);
             return;
         }
+        if let Message::Graft { ids } | Message::Pull { ids } = msg {
+            self.service
+                .metrics
+                .repair_requested
+                .inc_by(ids.len() as u64);
+        }
         if matches!(msg, Message::Prune | Message::Graft { .. }) {
             tracing::debug!(
                 peer = %to.short(),
@@ -474,7 +481,7 @@ impl Driver {
         if self.links.send_if_connected(to, frame) {
             self.service.metrics.repair_served.inc();
         } else {
-            self.links.count("unsent", 1);
+            self.links.count(Outcome::Unsent, 1);
         }
     }
 

@@ -14,6 +14,7 @@ use mesh_protocol::{Instant, NodeId};
 use mesh_transport::Transport;
 use tokio::sync::mpsc;
 
+use crate::metrics::label::OverlayFrameOutcome as Outcome;
 use crate::service::Service;
 
 /// Frames kept per node while its handshake runs.
@@ -128,13 +129,9 @@ impl Links {
     }
 
     /// Counts frames by outcome (`mesh.overlay.frames`).
-    pub(super) fn count(&self, outcome: &str, n: usize) {
+    pub(super) fn count(&self, outcome: Outcome, n: usize) {
         if n > 0 {
-            self.service
-                .metrics
-                .overlay_frames
-                .with_label_values(&[outcome])
-                .inc_by(n as u64);
+            self.service.metrics.frames(outcome).inc_by(n as u64);
         }
     }
 
@@ -146,12 +143,12 @@ impl Links {
             return;
         }
         let Some(addr) = addr else {
-            self.count("unsent", 1);
+            self.count(Outcome::Unsent, 1);
             return;
         };
         let q = self.queued.entry(to).or_default();
         if q.len() >= MAX_QUEUED {
-            self.count("unsent", 1);
+            self.count(Outcome::Unsent, 1);
             return;
         }
         q.push(frame);
@@ -219,8 +216,8 @@ impl Links {
             }
             self.writers.insert(to, q);
         }
-        self.count("sent", sent);
-        self.count("unsent", unsent);
+        self.count(Outcome::Sent, sent);
+        self.count(Outcome::Unsent, unsent);
     }
 
     /// A dial finished: sends what waited for it and says what the driver should learn.
@@ -245,7 +242,7 @@ impl Links {
                     self.write(id, frames);
                     Dialed::Verified(id, addr)
                 } else {
-                    self.count("unsent", frames.len());
+                    self.count(Outcome::Unsent, frames.len());
                     Dialed::Failed(id)
                 }
             }

@@ -10,7 +10,7 @@ use mesh_protocol::{Node as Core, Reachability};
 use rand::rngs::SmallRng;
 
 use super::driver::Driver;
-use crate::metrics::MEMBER_STATUSES;
+use crate::metrics::label::{MemberStatus, OverlayView};
 use crate::service::{OverlayStatus, PeerView, Status, TreeStatus};
 
 impl Driver {
@@ -25,10 +25,10 @@ impl Driver {
             passive: c.passive_view().len(),
             eager: c.eager_peers().len(),
             lazy: c.lazy_peers().len(),
-            members: MEMBER_STATUSES
+            members: MemberStatus::ALL
                 .iter()
                 .zip(counts)
-                .map(|(s, n)| ((*s).to_owned(), n))
+                .map(|(s, n)| (s.as_str().to_owned(), n))
                 .collect(),
             incarnation: c.incarnation(),
             local_health: c.status().lhm,
@@ -122,16 +122,15 @@ impl Driver {
         let m = &self.service.metrics;
         let c = &self.core;
         for (v, n) in [
-            ("active", c.active_view().len()),
-            ("passive", c.passive_view().len()),
-            ("eager", c.eager_peers().len()),
-            ("lazy", c.lazy_peers().len()),
+            (OverlayView::Active, c.active_view().len()),
+            (OverlayView::Passive, c.passive_view().len()),
+            (OverlayView::Eager, c.eager_peers().len()),
+            (OverlayView::Lazy, c.lazy_peers().len()),
         ] {
-            m.overlay_view.with_label_values(&[v]).set(n as i64);
+            m.view_size(v).set(n as i64);
         }
-        let counts = member_counts(c);
-        for (i, st) in MEMBER_STATUSES.iter().enumerate() {
-            m.members.with_label_values(&[st]).set(counts[i] as i64);
+        for (st, n) in MemberStatus::ALL.iter().zip(member_counts(c)) {
+            m.member_count(*st).set(n as i64);
         }
         let s = c.stats();
         let last = &self.last;
@@ -161,11 +160,29 @@ impl Driver {
     }
 }
 
-/// Members by status value (`alive`, `suspect`, `dead`, `left`).
-fn member_counts(c: &Core<SmallRng>) -> [usize; 4] {
-    let mut counts = [0usize; 4];
+/// Members by status, in [`MemberStatus::ALL`] order (the core's status values).
+fn member_counts(c: &Core<SmallRng>) -> [usize; MemberStatus::COUNT] {
+    let mut counts = [0usize; MemberStatus::COUNT];
     for (_, e) in c.members().iter() {
         counts[e.state.status as usize] += 1;
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_protocol::Status;
+
+    #[test]
+    fn the_cores_status_values_index_the_member_status_labels() {
+        for (st, name) in [
+            (Status::Alive, "alive"),
+            (Status::Suspect, "suspect"),
+            (Status::Dead, "dead"),
+            (Status::Left, "left"),
+        ] {
+            assert_eq!(MemberStatus::ALL[st as usize].as_str(), name);
+        }
+    }
 }

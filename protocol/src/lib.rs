@@ -39,6 +39,6 @@ pub use auth::{Authenticator, ModelAuth, Signature};
 pub use gossip::Delivery;
 pub use heal::{MemberState, PartitionStatus, Reachability, Status};
 pub use id::{MsgId, NodeId};
-pub use node::{Command, CommandError, Event, Node, NodeConfig, NodeStats, NodeStatus};
+pub use node::{BoxAuth, Command, CommandError, Event, Node, NodeConfig, NodeStats, NodeStatus};
 pub use time::{Duration, Instant};
 pub use wire::{DecodeError, Message};

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 
 use rand::{Rng, RngCore};
 
+use crate::auth::Authenticator;
 use crate::gossip::{Delivery, GossipConfig, GossipStats, Plumtree};
 use crate::heal::{
     ActiveView, HealProbes, HealTimers, MemberState, PartitionConfig, PartitionDetector,
@@ -218,13 +219,27 @@ pub struct Node<R: RngCore> {
     left: bool,
     received: u64,
     decode_errors: u64,
+    /// Signs this node's statements and checks other nodes' (lent to the cores).
+    auth: BoxAuth,
 }
+
+/// The authenticator a [`Node`] owns and lends to its cores.
+pub type BoxAuth = Box<dyn Authenticator + Send + Sync>;
 
 impl<R: RngCore> Node<R> {
     /// A fresh node `me` at `incarnation` (a restarted node may pass 0: it refutes any older
     /// claim about itself when it hears one). Call [`Node::handle_command`] with
-    /// [`Command::Join`] to enter a mesh (the first node of a mesh needs no join).
-    pub fn new(cfg: NodeConfig, me: NodeId, incarnation: u64, now: Instant, mut rng: R) -> Self {
+    /// [`Command::Join`] to enter a mesh (the first node of a mesh needs no join). `auth`
+    /// signs as `me` and checks other members' signatures (Ed25519 in `meshd`,
+    /// [`crate::ModelAuth`] in the simulator and tests).
+    pub fn new(
+        cfg: NodeConfig,
+        me: NodeId,
+        incarnation: u64,
+        now: Instant,
+        mut rng: R,
+        auth: BoxAuth,
+    ) -> Self {
         let interval = cfg.swim.probe_interval;
         let first_probe = now + jittered(interval, 50, &mut rng) - interval / 2 + interval;
         let views = Views::new(cfg.views.clone(), me, now);
@@ -272,7 +287,13 @@ impl<R: RngCore> Node<R> {
             left: false,
             received: 0,
             decode_errors: 0,
+            auth,
         }
+    }
+
+    /// The authenticator this node signs and verifies with.
+    pub fn auth(&self) -> &dyn Authenticator {
+        &*self.auth
     }
 
     // ----- queries --------------------------------------------------------------------------
@@ -884,6 +905,14 @@ mod tests {
         NodeId([i; 32])
     }
 
+    /// The model authenticator of `n` in the tests' mesh.
+    fn auth(n: NodeId) -> BoxAuth {
+        Box::new(crate::ModelAuth::new(n, TEST_MESH))
+    }
+
+    /// The tests' model-signature secret.
+    const TEST_MESH: u64 = 0x5eed;
+
     /// A tiny cluster on a virtual clock with a fixed 5 ms link latency (quinn `Pair` style).
     struct Cluster {
         nodes: BTreeMap<NodeId, Node<SmallRng>>,
@@ -906,7 +935,14 @@ mod tests {
             for i in 0..n {
                 let mut cfg = NodeConfig::for_size(n as u64);
                 tune(&mut cfg);
-                let node = Node::new(cfg, id(i), 0, c.now, SmallRng::seed_from_u64(i as u64));
+                let node = Node::new(
+                    cfg,
+                    id(i),
+                    0,
+                    c.now,
+                    SmallRng::seed_from_u64(i as u64),
+                    auth(id(i)),
+                );
                 c.nodes.insert(id(i), node);
                 if i > 0 {
                     c.command(id(i), Command::Join(id(0)));
@@ -1060,7 +1096,14 @@ mod tests {
     fn with_the_rooted_tree_off_plumtree_shapes_the_eager_set_from_duplicates() {
         let mut cfg = NodeConfig::for_size(20);
         cfg.tree.enabled = false;
-        let mut n = Node::new(cfg, id(1), 0, Instant::ZERO, SmallRng::seed_from_u64(1));
+        let mut n = Node::new(
+            cfg,
+            id(1),
+            0,
+            Instant::ZERO,
+            SmallRng::seed_from_u64(1),
+            auth(id(1)),
+        );
         n.handle_message(Instant::ZERO, id(2), Message::Join);
         while n.poll_transmit().is_some() {}
         assert_eq!(n.eager_peers(), &[id(2)], "a new neighbour starts eager");
@@ -1094,6 +1137,7 @@ mod tests {
             0,
             Instant::ZERO,
             SmallRng::seed_from_u64(1),
+            auth(id(1)),
         );
         big.handle_message(Instant::ZERO, id(2), Message::Join);
         while big.poll_transmit().is_some() {}
@@ -1181,6 +1225,7 @@ mod tests {
             0,
             Instant::ZERO,
             SmallRng::seed_from_u64(1),
+            auth(id(1)),
         );
         let claim = MemberUpdate {
             node: id(1),
@@ -1219,6 +1264,7 @@ mod tests {
             0,
             Instant::ZERO,
             SmallRng::seed_from_u64(1),
+            auth(id(1)),
         );
         let before = n.poll_timeout();
         assert!(

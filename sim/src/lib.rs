@@ -25,7 +25,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use mesh_protocol::{
-    Command, Event, Instant, Message, MsgId, Node, NodeConfig, NodeId, Reachability, Status,
+    Command, Event, Instant, Message, ModelAuth, MsgId, Node, NodeConfig, NodeId, Reachability,
+    Status,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -390,6 +391,9 @@ struct Bcast {
 
 const MS: u64 = 1_000_000;
 
+/// The model-signature secret of the simulated mesh (xored with the seed).
+const MESH_SECRET: u64 = 0x6d65_7368_2f73_696d;
+
 /// Node id for index `i`: the index in the first 4 bytes (so the simulator maps back), the
 /// rest filled from a hash so ids look random.
 pub fn node_id(i: u32) -> NodeId {
@@ -484,6 +488,7 @@ impl Sim {
             0,
             Instant::from_nanos(self.now),
             rng,
+            Box::new(ModelAuth::new(node_id(i), self.cfg.seed ^ MESH_SECRET)),
         )
     }
 

@@ -209,6 +209,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
             0,
             clock.now(),
             SmallRng::seed_from_u64(fastpath::random_u64()),
+            Box::new(auth::Ed25519Auth::new(&identity)),
         ),
         book: AddressBook::new(cfg.overlay.address_book_capacity),
         admitted: Admitted::new(me.0, cfg.overlay.admitted_capacity),

@@ -273,7 +273,7 @@ int mesh_xdp(struct xdp_md *ctx)
 	    m[MESH_OFF_FLAGS] | m[MESH_OFF_RESERVED1] | m[MESH_OFF_RESERVED2] |
 	    m[MESH_OFF_RESERVED2 + 1])
 		return verdict(MESH_DROP_BAD_RESERVED, XDP_DROP);
-	if (m[MESH_OFF_KIND] < MESH_KIND_MIN || m[MESH_OFF_KIND] > MESH_KIND_MAX)
+	if (m[MESH_OFF_KIND] != MESH_KIND_DATA)
 		return verdict(MESH_DROP_BAD_KIND, XDP_DROP);
 	__u32 payload_len = (__u32)m[MESH_OFF_PAYLOAD_LEN] | ((__u32)m[MESH_OFF_PAYLOAD_LEN + 1] << 8);
 	if (MESH_HEADER_LEN + payload_len + MESH_SIGNATURE_LEN != dlen)

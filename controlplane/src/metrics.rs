@@ -111,8 +111,8 @@ pub fn label_name(attribute: &str) -> String {
     attribute.replace('.', "_")
 }
 
-/// The wire kind byte a `mesh.message.kind` member counts (the index into
-/// [`TileStats::accepted`]).
+/// The wire kind byte a `mesh.message.kind` member counts (the tile's
+/// [`TileStats::accepted`] counts data, the only kind).
 pub const fn wire_kind(kind: label::MessageKind) -> usize {
     match kind {
         label::MessageKind::Data => dataplane::wire::Kind::Data as usize,
@@ -493,9 +493,10 @@ impl Metrics {
                 .inc_by(d);
         }
         for kind in label::MessageKind::ALL {
-            let w = wire_kind(kind);
+            // The tile counts accepted messages in one counter: all are data.
+            let data = wire_kind(kind) == dataplane::wire::Kind::Data as usize;
             let d = delta(
-                sum(&|t| t.accepted[w].load(Ordering::Relaxed)),
+                sum(&|t| if data { t.accepted.load(Ordering::Relaxed) } else { 0 }),
                 &mut last.accepted[kind as usize],
             );
             self.messages_accepted
@@ -736,8 +737,7 @@ mod tests {
         tiles[0].received.store(5, Ordering::Relaxed);
         tiles[1].repairs.store(4, Ordering::Relaxed);
         tiles[1].received.store(7, Ordering::Relaxed);
-        tiles[0].accepted[1].store(3, Ordering::Relaxed);
-        tiles[1].accepted[2].store(100, Ordering::Relaxed);
+        tiles[0].accepted.store(3, Ordering::Relaxed);
         tiles[1].dropped[DropReason::BadPayload as usize].store(2, Ordering::Relaxed);
         m.refresh(&tiles, None);
         m.refresh(&tiles, None);

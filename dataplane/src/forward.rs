@@ -14,7 +14,7 @@ use rand::rngs::SmallRng;
 
 use crate::backend::TxSink;
 use crate::pipeline::MAX_BATCH;
-use crate::wire::{self, Kind, Packet};
+use crate::wire::{self, Packet};
 
 /// Peers the tile forwards data messages to, published by the control plane.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,11 +118,11 @@ impl Forwarding {
         }
     }
 
-    /// Queues an accepted message received from `from`: a data message with
-    /// hops left goes, hop limit − 1, to up to `fanout` of `peers` (never
+    /// Queues an accepted message received from `from`: a message with hops
+    /// left goes, hop limit − 1, to up to `fanout` of `peers` (never
     /// `from`). Sent by the next [`Forwarding::flush`].
     pub(crate) fn queue(&mut self, peers: &[SocketAddr], packet: &Packet<'_>, from: SocketAddr) {
-        if packet.kind() != Kind::Data || packet.hop_limit() <= 1 {
+        if packet.hop_limit() <= 1 {
             return;
         }
         let used = self.used;

@@ -16,7 +16,7 @@
 
 use crate::dedup::{SeenCache, SeenStats};
 use crate::verify::{self, VerifyItem};
-use crate::wire::{self, DecodeError, Kind, Packet};
+use crate::wire::{self, DecodeError, Packet};
 
 mesh_types::labels! {
     /// Why a packet was dropped. Values are stable: they index counter arrays;
@@ -110,8 +110,8 @@ pub const MAX_BATCH: usize = 256;
 pub struct Counters {
     /// Datagrams given to the pipeline.
     pub received: u64,
-    /// Accepted messages by kind byte (index = kind value).
-    pub accepted: [u64; 8],
+    /// Accepted messages (every accepted message is a data message).
+    pub accepted: u64,
     /// Drops by [`DropReason`] value.
     pub dropped: [u64; DropReason::COUNT],
 }
@@ -120,7 +120,7 @@ impl Default for Counters {
     fn default() -> Self {
         Counters {
             received: 0,
-            accepted: [0; 8],
+            accepted: 0,
             dropped: [0; DropReason::COUNT],
         }
     }
@@ -131,9 +131,9 @@ impl Counters {
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().sum()
     }
-    /// Sum of all accepted.
+    /// All accepted (the same as `accepted`, beside [`Counters::dropped_total`]).
     pub fn accepted_total(&self) -> u64 {
-        self.accepted.iter().sum()
+        self.accepted
     }
 }
 
@@ -230,10 +230,10 @@ impl Pipeline {
         &self.dups
     }
 
-    /// Moves an accepted message of `kind` to the `queue_full` drop column:
-    /// the driver could not hand it on. It is not committed as seen.
-    pub fn count_queue_full(&mut self, kind: Kind) {
-        let c = &mut self.counters.accepted[kind as usize & 7];
+    /// Moves an accepted message to the `queue_full` drop column: the driver
+    /// could not hand it on. It is not committed as seen.
+    pub fn count_queue_full(&mut self) {
+        let c = &mut self.counters.accepted;
         *c = c.saturating_sub(1);
         self.counters.dropped[DropReason::QueueFull as usize] += 1;
     }
@@ -350,11 +350,11 @@ impl Pipeline {
             self.counters.dropped[DropReason::BadSignature as usize] += 1;
             return false;
         }
-        if a.packet.kind() == Kind::Data && wire::split_data_payload(a.packet.payload()).is_none() {
+        if wire::split_data_payload(a.packet.payload()).is_none() {
             self.counters.dropped[DropReason::BadPayload as usize] += 1;
             return false;
         }
-        self.counters.accepted[a.packet.kind() as usize & 7] += 1;
+        self.counters.accepted += 1;
         true
     }
 
@@ -469,6 +469,7 @@ pub(crate) fn recycle<'a, 'b>(mut v: Vec<Accepted<'a>>) -> Vec<Accepted<'b>> {
 mod tests {
     use super::*;
     use crate::identity::Identity;
+    use crate::wire::Kind;
 
     const NOW_US: u64 = 1_800_000_000_000_000;
 

@@ -142,26 +142,22 @@ pub struct InboundMessage {
     /// socket.
     pub repair: bool,
     /// Offset of the topic in `bytes`, and its length (the body runs from
-    /// its end to the signature). A data message's, validated.
+    /// its end to the signature), validated.
     topic_at: usize,
     topic_len: usize,
 }
 
 impl InboundMessage {
-    /// Reads a packet the pipeline accepted. `None` when its data payload is
-    /// not topic + body (the pipeline has already dropped those).
+    /// Reads a packet the pipeline accepted. `None` when its payload is not
+    /// topic + body (the pipeline has already dropped those).
     fn from_packet(
         packet: &Packet<'_>,
         from: SocketAddr,
         received_us: u64,
         repair: bool,
     ) -> Option<InboundMessage> {
-        let (topic_at, topic_len) = if packet.kind() == Kind::Data {
-            let (topic, _) = wire::split_data_payload(packet.payload())?;
-            (wire::HEADER_LEN + 1, topic.len())
-        } else {
-            (wire::HEADER_LEN, 0)
-        };
+        let (topic, _) = wire::split_data_payload(packet.payload())?;
+        let (topic_at, topic_len) = (wire::HEADER_LEN + 1, topic.len());
         Some(InboundMessage {
             bytes: packet.as_bytes().to_vec(),
             id: packet.message_id(),
@@ -195,7 +191,7 @@ impl InboundMessage {
         &self.bytes
     }
 
-    /// The topic (empty for a kind without one).
+    /// The topic.
     pub fn topic(&self) -> &str {
         self.bytes
             .get(self.topic_at..self.topic_at + self.topic_len)
@@ -246,8 +242,8 @@ pub struct TileStats {
     /// Repaired datagrams handed in by the control plane
     /// ([`Command::Repair`]), also counted in `received`.
     pub repairs: AtomicU64,
-    /// Accepted messages by kind value.
-    pub accepted: [AtomicU64; 8],
+    /// Accepted messages (all data messages).
+    pub accepted: AtomicU64,
     /// Drops by [`DropReason`] value.
     pub dropped: [AtomicU64; DropReason::COUNT],
     /// Datagrams forwarded (one per destination).
@@ -742,7 +738,7 @@ impl Tile {
             let copies = dups.iter().filter_map(|&i| {
                 let i = usize::from(i);
                 let p = Packet::parse(views.get(i)?).ok()?;
-                Some((*p.signature(), p.kind(), from(i)))
+                Some((*p.signature(), from(i)))
             });
             report_duplicates(copies, &self.forward, &self.inbound);
         }
@@ -823,13 +819,9 @@ impl Tile {
                     src,
                 );
                 if self.cfg.report_duplicates && !src.repair {
-                    let copies = dups.iter().map(|d| {
-                        (
-                            *d.packet.signature(),
-                            d.packet.kind(),
-                            held.source_of(d.index),
-                        )
-                    });
+                    let copies = dups
+                        .iter()
+                        .map(|d| (*d.packet.signature(), held.source_of(d.index)));
                     report_duplicates(copies, &self.forward, &self.inbound);
                 }
             }
@@ -853,14 +845,13 @@ impl Tile {
         now_ns: u64,
     ) -> bool {
         let packet = &a.packet;
-        let kind = packet.kind();
         let Some(msg) = InboundMessage::from_packet(packet, from, src.wall, src.repair) else {
             return true;
         };
         match (self.inbound)(Inbound::Message(msg)) {
             handoff::SendOutcome::Sent => {}
             handoff::SendOutcome::Full => {
-                self.pipeline.count_queue_full(kind);
+                self.pipeline.count_queue_full();
                 return true;
             }
             handoff::SendOutcome::Closed => {
@@ -877,9 +868,7 @@ impl Tile {
         let c = self.pipeline.counters();
         let s = &self.stats;
         s.received.store(c.received, Ordering::Relaxed);
-        for (a, v) in s.accepted.iter().zip(c.accepted.iter()) {
-            a.store(*v, Ordering::Relaxed);
-        }
+        s.accepted.store(c.accepted, Ordering::Relaxed);
         for (a, v) in s.dropped.iter().zip(c.dropped.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
@@ -893,17 +882,17 @@ impl Tile {
 }
 
 /// Hands the control plane a notice for each duplicate data message (its
-/// signature, kind and source) that came from a forward-set peer. Advisory:
+/// signature and source) that came from a forward-set peer. Advisory:
 /// a full queue just loses the notice (the duplicate itself is already
 /// counted).
 fn report_duplicates(
-    copies: impl Iterator<Item = ([u8; wire::SIGNATURE_LEN], Kind, SocketAddr)>,
+    copies: impl Iterator<Item = ([u8; wire::SIGNATURE_LEN], SocketAddr)>,
     forward: &ArcSwap<ForwardSet>,
     inbound: &handoff::InboundSender,
 ) {
     let peers = forward.load();
-    for (signature, kind, src) in copies {
-        if kind != Kind::Data || !peers.peers.contains(&src) {
+    for (signature, src) in copies {
+        if !peers.peers.contains(&src) {
             continue;
         }
         let _ = inbound(Inbound::Duplicate {
@@ -958,11 +947,7 @@ mod tests {
     }
 
     fn accepted_count(tile: &TileHandle) -> u64 {
-        tile.stats()
-            .accepted
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .sum()
+        tile.stats().accepted.load(Ordering::Relaxed)
     }
 
     /// The two verify paths, given one batch whose first datagram is a forgery reusing the
@@ -999,10 +984,7 @@ mod tests {
             )
             .unwrap();
             wait_stats(&tile, |s| {
-                s.accepted
-                    .iter()
-                    .map(|a| a.load(Ordering::Relaxed))
-                    .sum::<u64>()
+                s.accepted.load(Ordering::Relaxed)
                     + s.dropped
                         .iter()
                         .map(|a| a.load(Ordering::Relaxed))
@@ -1090,10 +1072,7 @@ mod tests {
                 }));
             }
             wait_stats(&tile, |s| {
-                s.accepted
-                    .iter()
-                    .map(|a| a.load(Ordering::Relaxed))
-                    .sum::<u64>()
+                s.accepted.load(Ordering::Relaxed)
                     + s.dropped
                         .iter()
                         .map(|a| a.load(Ordering::Relaxed))

@@ -50,36 +50,24 @@ pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - HEADER_LEN - SIGNATURE_LEN;
 /// Smallest well-formed datagram (empty payload).
 pub const MIN_DATAGRAM: usize = HEADER_LEN + SIGNATURE_LEN;
 
-/// What a datagram carries. Values are part of the wire format.
+/// What a datagram carries. Values are part of the wire format; a kind byte
+/// this version does not know is [`DecodeError::BadKind`]. (Kinds 2 to 6
+/// belonged to the retired peer-table control plane; membership and repair
+/// now travel over mutual TLS, so they are `BadKind` too.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
     /// An application message published by an agent: `[topic_len u8][topic][body]`.
     Data = 1,
-    /// "I am here": sent to bootstrap seeds and to newly learned peers.
-    Join = 2,
-    /// A list of peers the sender knows (reply to Join and periodic exchange).
-    PeerList = 3,
-    /// Ids of messages the sender holds (anti-entropy digest).
-    IHave = 4,
-    /// Ids of messages the sender is missing and asks for.
-    IWant = 5,
-    /// The sender is shutting down cleanly.
-    Leave = 6,
 }
 
 impl Kind {
     /// Decodes a kind byte; `None` for values this version does not know.
     pub fn from_u8(v: u8) -> Option<Kind> {
-        Some(match v {
-            1 => Kind::Data,
-            2 => Kind::Join,
-            3 => Kind::PeerList,
-            4 => Kind::IHave,
-            5 => Kind::IWant,
-            6 => Kind::Leave,
-            _ => return None,
-        })
+        match v {
+            1 => Some(Kind::Data),
+            _ => None,
+        }
     }
 }
 
@@ -418,9 +406,16 @@ mod tests {
         let mut b = good.clone();
         b[8] = 2;
         assert_eq!(Packet::parse(&b).unwrap_err(), DecodeError::BadVersion);
-        let mut b = good.clone();
-        b[9] = 99;
-        assert_eq!(Packet::parse(&b).unwrap_err(), DecodeError::BadKind);
+        // 0, the retired peer-table kinds 2..=6, and anything else
+        for kind in [0u8, 2, 3, 4, 5, 6, 7, 99, 255] {
+            let mut b = good.clone();
+            b[9] = kind;
+            assert_eq!(
+                Packet::parse(&b).unwrap_err(),
+                DecodeError::BadKind,
+                "kind {kind}"
+            );
+        }
         for off in [5, 6, 7, 10, 11, 14, 15] {
             let mut b = good.clone();
             b[off] = 1;
@@ -510,7 +505,7 @@ mod tests {
             hop in any::<u8>(), seq in any::<u64>(), ts in any::<u64>(),
         ) {
             let mut out = Vec::new();
-            Unsigned { kind: Kind::IHave, hop_limit: hop, origin: [3; 32], sequence: seq, timestamp_us: ts, payload: &payload }
+            Unsigned { kind: Kind::Data, hop_limit: hop, origin: [3; 32], sequence: seq, timestamp_us: ts, payload: &payload }
                 .write_unsigned(&mut out).unwrap();
             finish(&mut out, &[7; 64]);
             let p = Packet::parse(&out).unwrap();

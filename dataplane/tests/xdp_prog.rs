@@ -145,7 +145,7 @@ fn table_of_packets_gets_the_expected_verdict_and_counter() {
         ),
         (
             "smallest datagram",
-            udp_frame(SRC4, DST4, &[], &datagram(Kind::Leave, 0, 1)),
+            udp_frame(SRC4, DST4, &[], &datagram(Kind::Data, 0, 1)),
             XDP_PASS,
             Reason::PassNoSocket,
         ),
@@ -277,6 +277,26 @@ fn table_of_packets_gets_the_expected_verdict_and_counter() {
             Reason::DropBadKind,
         ),
         (
+            "kind 2 (the retired join)",
+            {
+                let mut f = good4();
+                f[V4_PAYLOAD + 9] = 2;
+                f
+            },
+            XDP_DROP,
+            Reason::DropBadKind,
+        ),
+        (
+            "kind 6 (the retired leave)",
+            {
+                let mut f = good4();
+                f[V4_PAYLOAD + 9] = 6;
+                f
+            },
+            XDP_DROP,
+            Reason::DropBadKind,
+        ),
+        (
             "kind 7",
             {
                 let mut f = good4();
@@ -365,7 +385,7 @@ fn denied_sources_are_dropped_until_allowed() {
         return;
     };
     let c = xdp.control();
-    let v6 = udp_frame(SRC6, DST6, &[], &datagram(Kind::Join, 3, 1));
+    let v6 = udp_frame(SRC6, DST6, &[], &datagram(Kind::Data, 3, 1));
     c.deny("10.1.0.1".parse().expect("ip")).expect("deny");
     c.deny("fd00::1".parse().expect("ip")).expect("deny");
     expect(&xdp, "denied v4", &good4(), XDP_DROP, Reason::DropDenied);
@@ -508,7 +528,8 @@ fn mutate(rng: &mut SmallRng, mut f: Vec<u8>) -> Vec<u8> {
 }
 
 fn random_frame(rng: &mut SmallRng) -> Vec<u8> {
-    let kinds = [Kind::Data, Kind::Join, Kind::IHave, Kind::Leave];
+    // data, and the retired peer-table kinds (bad_kind now)
+    let kinds = [1u8, 1, 2, 4, 6];
     let kind = kinds[rng.random_range(0..kinds.len())];
     let len = rng.random_range(0..300);
     let vlans: &[u16] = match rng.random_range(0..4) {
@@ -521,7 +542,9 @@ fn random_frame(rng: &mut SmallRng) -> Vec<u8> {
     } else {
         (SRC6, DST6)
     };
-    let base = udp_frame(s, d, vlans, &datagram(kind, len, rng.random()));
+    let mut dgram = datagram(Kind::Data, len, rng.random());
+    dgram[9] = kind;
+    let base = udp_frame(s, d, vlans, &dgram);
     match rng.random_range(0..10) {
         0 => (0..rng.random_range(0..200))
             .map(|_| rng.random())
@@ -568,7 +591,7 @@ fn random_and_mutated_frames_redirect_only_when_well_formed() {
             XDP_REDIRECT,
             Reason::Redirect,
         );
-        let v6 = udp_frame(SRC6, DST6, &[9], &datagram(Kind::IWant, 40, 2));
+        let v6 = udp_frame(SRC6, DST6, &[9], &datagram(Kind::Data, 40, 2));
         expect(
             &xdp,
             "redirect vlan v6",

@@ -17,8 +17,7 @@
 #define MESH_MAGIC_2 'H'
 #define MESH_MAGIC_3 '1'
 #define MESH_WIRE_VERSION 1
-#define MESH_KIND_MIN 1
-#define MESH_KIND_MAX 6
+#define MESH_KIND_DATA 1 /* the only kind; 2..=6 were the retired peer table's */
 #define MESH_HEADER_LEN 64
 #define MESH_SIGNATURE_LEN 64
 #define MESH_MIN_DATAGRAM (MESH_HEADER_LEN + MESH_SIGNATURE_LEN) /* 128 */
@@ -57,7 +56,7 @@ enum mesh_xdp_reason {
 	MESH_DROP_BAD_MAGIC = 5,     /* magic is not "MSH1" */
 	MESH_DROP_BAD_VERSION = 6,   /* version is not 1 */
 	MESH_DROP_BAD_RESERVED = 7,  /* reserved bytes or flags not zero */
-	MESH_DROP_BAD_KIND = 8,      /* kind outside 1..=6 */
+	MESH_DROP_BAD_KIND = 8,      /* kind is not 1 (data) */
 	MESH_DROP_LENGTH_MISMATCH = 9, /* payload_len, UDP length and IP length disagree */
 	MESH_DROP_BAD_L3 = 10,       /* bad IP header (IHL, version) or fragmented mesh datagram */
 	MESH_DROP_DENIED = 11,       /* source on the deny map */

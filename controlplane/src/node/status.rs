@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use dataplane::pipeline::DropReason;
-use dataplane::wire::Kind;
 use mesh_protocol::{Node as Core, Reachability};
 use rand::rngs::SmallRng;
 
@@ -79,10 +78,7 @@ impl Driver {
             overlay,
             stored_messages: self.store.len(),
             received: f.sum(|s| s.received.load(Relaxed)),
-            accepted: HashMap::from([(
-                "data".to_owned(),
-                f.sum(|s| s.accepted[Kind::Data as usize].load(Relaxed)),
-            )]),
+            accepted: HashMap::from([("data".to_owned(), f.sum(|s| s.accepted.load(Relaxed)))]),
             dropped: DropReason::ALL
                 .iter()
                 .map(|r| {

@@ -101,6 +101,11 @@ mod tests {
         );
         assert_eq!(define("MESH_HEADER_LEN"), crate::wire::HEADER_LEN as u64);
         assert_eq!(
+            define("MESH_KIND_DATA"),
+            crate::wire::Kind::Data as u64,
+            "the program passes exactly the kinds the parser knows"
+        );
+        assert_eq!(
             define("MESH_SIGNATURE_LEN"),
             crate::wire::SIGNATURE_LEN as u64
         );

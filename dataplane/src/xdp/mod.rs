@@ -62,7 +62,7 @@ mesh_types::labels! {
         DropBadVersion = 6 => "drop_bad_version",
         /// Reserved bytes or flags not zero.
         DropBadReserved = 7 => "drop_bad_reserved",
-        /// Kind outside 1..=6.
+        /// Kind is not 1 (data).
         DropBadKind = 8 => "drop_bad_kind",
         /// `payload_len`, UDP length and IP length disagree.
         DropLengthMismatch = 9 => "drop_length_mismatch",

@@ -3,25 +3,28 @@
 //! Every frame or datagram received from a peer goes into **that peer's**
 //! queue (one per authenticated [`NodeId`], shared by its at most
 //! `max_links_per_peer` connections, so opening a second connection does
-//! not double a peer's share). [`FairQueue::pop`] takes one frame from the
-//! peer at the head of a ring of peers with frames waiting and moves that
-//! peer to the back: with `k` peers waiting, a frame queued at position `p`
-//! of its peer's queue is handed out within `k * (p + 1)` pops, however many
-//! frames the other peers have queued. The ring counts frames, not bytes:
-//! what the consumer pays for per frame (decode, signature checks) is about
-//! the same for every frame, and bytes are bounded by the per-peer byte cap.
+//! not double a peer's share). [`Transport::recv`](crate::Transport::recv)
+//! takes one frame from the peer at the head of a ring of peers with frames
+//! waiting and moves that peer to the back: with `k` peers waiting, a frame
+//! at position `p` (from 0) of its peer's queue is handed out within
+//! `k * (p + 1)` calls, however many frames the other peers have queued.
+//! The ring counts frames, not bytes: what the consumer pays per frame
+//! (decode, signature checks) is about the same for every frame, and bytes
+//! are bounded by the per-peer byte cap.
 //!
-//! Limits (see [`crate::TransportConfig`]):
+//! Limits ([`TransportConfig`](crate::TransportConfig) fields):
 //!
-//! * per peer: at most `peer_frames` frames and `peer_bytes` payload bytes;
-//!   beyond, the new frame is dropped ([`Push::PeerFull`]). A flooding peer
-//!   only ever fills its own queue.
-//! * in total: at most `total_frames` frames and `total_bytes` bytes, except
-//!   that a peer holding fewer than [`FLOOR_FRAMES`] frames and at most
-//!   [`FLOOR_BYTES`] bytes is always admitted (up to its own caps), so many
-//!   flooding peers together still cannot lock out a quiet one
-//!   ([`Push::TotalFull`] otherwise). Worst-case memory is therefore
-//!   `total_bytes + FLOOR_BYTES x peers`.
+//! * per peer: at most `peer_recv_queue` frames and `peer_recv_queue_bytes`
+//!   payload bytes; beyond, the new frame is dropped and counted as
+//!   `frames_dropped_peer_queue_full`. A flooding peer only ever fills its
+//!   own queue.
+//! * in total: at most `recv_queue` frames and `recv_queue_bytes` bytes,
+//!   except that a peer holding fewer than [`FLOOR_FRAMES`] frames and at
+//!   most [`FLOOR_BYTES`] bytes (with the new frame) is always admitted (up
+//!   to its own caps), so many flooding peers together still cannot lock out
+//!   a quiet one; otherwise dropped and counted as
+//!   `frames_dropped_total_queue_full`. Worst-case memory is therefore
+//!   `recv_queue_bytes + FLOOR_BYTES x peers`.
 //!
 //! A peer's queue is freed as soon as it is empty: only peers with frames
 //! waiting hold memory. Push and pop are O(1) under one short mutex.

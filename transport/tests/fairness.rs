@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use mesh_transport::{MeshCa, NodeId, PeerEvent, Transport};
+use mesh_transport::{MeshCa, NodeId, PeerEvent, Transport, TransportConfig};
 
 const FLOOD: u64 = 6000;
 const FEW: u8 = 5;
@@ -83,6 +83,14 @@ async fn a_flooding_peer_does_not_crowd_out_the_others() {
                 got.entry(from).or_default().push(payload[1]);
             }
         }
+        // The flood's excess over its own queue was dropped and counted
+        // under its reason; its queue holds the rest.
+        let cap = TransportConfig::default().peer_recv_queue as u64;
+        let s = r.stats();
+        assert_eq!(s.frames_dropped_peer_queue_full, FLOOD - cap, "{s:?}");
+        assert_eq!(s.frames_dropped_total_queue_full, 0, "{s:?}");
+        assert_eq!(s.frames_received, cap + 2 * u64::from(FEW), "{s:?}");
+        assert_eq!(s.frames_delivered, bound as u64, "{s:?}");
         let want: Vec<u8> = (0..FEW).collect();
         for id in &ids {
             assert_eq!(

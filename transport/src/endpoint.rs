@@ -588,6 +588,35 @@ impl Bucket {
     }
 }
 
+/// The accept loop's decision on one incoming attempt; see the module
+/// docs, *Admission of incoming connections*.
+fn admit(
+    cfg: &TransportConfig,
+    gauges: &Gauges,
+    bucket: &mut Bucket,
+    validated: bool,
+    may_retry: bool,
+) -> Admit {
+    let handshakes = gauges.get(SlotKind::Handshake);
+    let refusal = if handshakes >= cfg.max_incoming_handshakes {
+        Some(Refusal::HandshakeCap)
+    } else if gauges.incoming_share() >= cfg.max_connections - cfg.outgoing_reserve {
+        Some(Refusal::ConnectionCap)
+    } else if !bucket.ready() {
+        Some(Refusal::Rate)
+    } else {
+        None
+    };
+    let loaded = handshakes >= cfg.retry_above_handshakes;
+    if !validated && may_retry && (loaded || refusal.is_some()) {
+        return Admit::Retry;
+    }
+    match refusal {
+        Some(r) => Admit::Refuse(r),
+        None => Admit::Accept,
+    }
+}
+
 /// Why an incoming attempt is not accepted right away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
@@ -1120,30 +1149,6 @@ impl Inner {
         });
     }
 
-    /// The accept loop's decision on one incoming attempt; see the module
-    /// docs, *Admission of incoming connections*.
-    fn admit(&self, bucket: &mut Bucket, validated: bool, may_retry: bool) -> Admit {
-        let cfg = &self.cfg;
-        let handshakes = self.gauges.get(SlotKind::Handshake);
-        let refusal = if handshakes >= cfg.max_incoming_handshakes {
-            Some(Refusal::HandshakeCap)
-        } else if self.gauges.incoming_share() >= cfg.max_connections - cfg.outgoing_reserve {
-            Some(Refusal::ConnectionCap)
-        } else if !bucket.ready() {
-            Some(Refusal::Rate)
-        } else {
-            None
-        };
-        let loaded = handshakes >= cfg.retry_above_handshakes;
-        if !validated && may_retry && (loaded || refusal.is_some()) {
-            return Admit::Retry;
-        }
-        match refusal {
-            Some(r) => Admit::Refuse(r),
-            None => Admit::Accept,
-        }
-    }
-
     fn unregister(&self, peer: NodeId, link_id: u64) {
         let mut peers = self.lock_peers();
         let Some(links) = peers.get_mut(&peer) else {
@@ -1278,7 +1283,8 @@ async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
         bump(&c.incoming_attempts);
         let validated = incoming.remote_address_validated();
-        match inner.admit(&mut bucket, validated, incoming.may_retry()) {
+        let may_retry = incoming.may_retry();
+        match admit(&inner.cfg, &inner.gauges, &mut bucket, validated, may_retry) {
             Admit::Accept => {}
             Admit::Retry => {
                 // Stateless: the token says who asked and when; a spoofed or
@@ -1408,6 +1414,66 @@ mod tests {
     use super::*;
 
     #[test]
+    fn admission_retries_unvalidated_clients_under_load_and_refuses_validated_ones_at_a_cap() {
+        let cfg = TransportConfig {
+            max_connections: 10,
+            outgoing_reserve: 2,
+            max_incoming_handshakes: 4,
+            retry_above_handshakes: 2,
+            handshake_rate: 1,
+            handshake_burst: 100,
+            ..TransportConfig::default()
+        };
+        let g = Arc::new(Gauges::default());
+        let mut bucket = Bucket::new(cfg.handshake_rate, cfg.handshake_burst);
+        let mut decide = |validated| admit(&cfg, &g, &mut bucket, validated, !validated);
+        // Quiet: everyone is accepted, no Retry.
+        assert_eq!(decide(false), Admit::Accept);
+        assert_eq!(decide(true), Admit::Accept);
+        let held: Vec<Slot> = (0..2)
+            .map(|_| Slot::take(&g, SlotKind::Handshake))
+            .collect();
+        // Under load (2 handshakes): unvalidated clients must validate.
+        let mut decide = |validated| admit(&cfg, &g, &mut bucket, validated, !validated);
+        assert_eq!(decide(false), Admit::Retry);
+        assert_eq!(decide(true), Admit::Accept);
+        let more: Vec<Slot> = (0..2)
+            .map(|_| Slot::take(&g, SlotKind::Handshake))
+            .collect();
+        // At the handshake cap (4).
+        let mut decide = |validated| admit(&cfg, &g, &mut bucket, validated, !validated);
+        assert_eq!(decide(true), Admit::Refuse(Refusal::HandshakeCap));
+        assert_eq!(decide(false), Admit::Retry);
+        drop((held, more));
+        // At the incoming share of the connection cap (10 - 2).
+        let conns: Vec<Slot> = (0..8).map(|_| Slot::take(&g, SlotKind::Incoming)).collect();
+        let mut decide = |validated| admit(&cfg, &g, &mut bucket, validated, !validated);
+        assert_eq!(decide(true), Admit::Refuse(Refusal::ConnectionCap));
+        assert_eq!(decide(false), Admit::Retry);
+        drop(conns);
+        // Own dials and their connections do not count against that share.
+        let out: Vec<Slot> = (0..8).map(|_| Slot::take(&g, SlotKind::Outgoing)).collect();
+        assert_eq!(admit(&cfg, &g, &mut bucket, true, false), Admit::Accept);
+        drop(out);
+        assert_eq!(g.total(), 0, "slots are released on drop");
+        // Rate: an empty bucket refuses validated clients.
+        let mut empty = Bucket::new(1, 1);
+        empty.take();
+        assert_eq!(
+            admit(&cfg, &g, &mut empty, true, false),
+            Admit::Refuse(Refusal::Rate)
+        );
+        assert_eq!(admit(&cfg, &g, &mut empty, false, true), Admit::Retry);
+        // retry_above_handshakes = 0: every unvalidated client validates.
+        let always = TransportConfig {
+            retry_above_handshakes: 0,
+            ..cfg.clone()
+        };
+        assert_eq!(admit(&always, &g, &mut bucket, false, true), Admit::Retry);
+        assert_eq!(admit(&always, &g, &mut bucket, true, false), Admit::Accept);
+    }
+
+    #[test]
     fn default_config_is_valid() {
         TransportConfig::default().validate().expect("valid");
     }
@@ -1440,6 +1506,28 @@ mod tests {
                 "recv_queue",
                 TransportConfig {
                     recv_queue: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "outgoing_reserve",
+                TransportConfig {
+                    max_connections: 8,
+                    outgoing_reserve: 8,
+                    ..Default::default()
+                },
+            ),
+            (
+                "peer_recv_queue_bytes",
+                TransportConfig {
+                    peer_recv_queue_bytes: 100,
+                    ..Default::default()
+                },
+            ),
+            (
+                "incoming_buffer_bytes_total",
+                TransportConfig {
+                    incoming_buffer_bytes_total: 1500,
                     ..Default::default()
                 },
             ),

@@ -5,7 +5,7 @@
 //! accepted data message with hops left, sends a copy with the hop limit
 //! decremented to up to `fanout` of those peers ([`choose_peers`]), never
 //! back to the sender. A local publish goes to the set's origin list. The
-//! copies of one batch are sent together ([`Forwarding::flush`]).
+//! copies of one batch are sent together (`Forwarding::flush`).
 
 use std::net::SocketAddr;
 

@@ -942,7 +942,13 @@ fn publisher(
                         text.push('x');
                     }
                     let body = serde_json::json!({ "topic": "e2e", "text": text });
-                    match client.post(&url).send_json(body) {
+                    // One retry when the connection failed (a pooled keep-alive
+                    // connection the server closed), never after an answer.
+                    let mut answer = client.post(&url).send_json(&body);
+                    if matches!(answer, Err(ureq::Error::Transport(_))) {
+                        answer = client.post(&url).send_json(&body);
+                    }
+                    match answer {
                         Ok(r) => {
                             // Read the answer to the end so the connection is reused.
                             let _ = r.into_string();
@@ -1143,7 +1149,7 @@ fn compare(args: &Args) -> anyhow::Result<()> {
     );
     println!();
     type Metric = (&'static str, fn(&RunResult) -> f64, usize);
-    let metrics: [Metric; 8] = [
+    let metrics: [Metric; 9] = [
         (
             "delivered / expected (%)",
             |r| pct_of(r.delivered, r.expected),
@@ -1152,6 +1158,7 @@ fn compare(args: &Args) -> anyhow::Result<()> {
         ("latency p50 (ms)", |r| r.lat_p50_ms, 3),
         ("latency p99 (ms)", |r| r.lat_p99_ms, 3),
         ("latency max (ms)", |r| r.lat_max_ms, 1),
+        ("published/s", |r| r.publish_per_s, 0),
         ("delivered/s", |r| r.delivered_per_s, 0),
         (
             "CPU µs / delivery (meshd + agents)",
@@ -1273,6 +1280,32 @@ mod tests {
         assert_eq!(pct(&v, 0.99), 99.0);
         assert_eq!(pct(&[7], 0.99), 7.0);
         assert_eq!(median(vec![3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+
+    #[test]
+    fn config_keys_are_written_only_where_meshd_documents_them() {
+        let known = Known(
+            toml::from_str("[overlay]\nexpected_size = 1000\n[tls]\ncert = \"x\"\n").expect("toml"),
+        );
+        let mut cfg = toml::Table::new();
+        set(&mut cfg, &known, "overlay", "mode", "hyparview", false).expect("optional");
+        set(&mut cfg, &known, "tls", "enabled", true, false).expect("optional");
+        set(&mut cfg, &known, "overlay", "expected_size", 8, false).expect("known");
+        set(&mut cfg, &known, "tls", "cert", "/c", true).expect("known");
+        assert!(set(&mut cfg, &known, "tls", "ca_cert", "/a", true).is_err());
+        let text = toml::to_string(&cfg).expect("toml");
+        assert!(!text.contains("mode"), "{text}");
+        assert!(!text.contains("enabled"), "{text}");
+        assert!(text.contains("expected_size = 8"), "{text}");
+        assert!(text.contains("cert = \"/c\""), "{text}");
+    }
+
+    #[test]
+    fn rates_are_max_or_positive() {
+        assert_eq!(parse_rate("max").expect("max"), None);
+        assert_eq!(parse_rate("500").expect("500"), Some(500.0));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 
     #[test]

@@ -259,7 +259,7 @@ impl<R: RngCore> Node<R> {
         );
         let tree = cfg.tree.enabled.then(|| {
             gossip.set_managed();
-            RootedTree::new(cfg.tree.clone(), me, now)
+            RootedTree::new(cfg.tree.clone(), me, now, &*auth)
         });
         Node {
             detector: PartitionDetector::new(cfg.partition.clone()),
@@ -543,11 +543,19 @@ impl<R: RngCore> Node<R> {
                 seq,
                 hops,
                 child,
+                sig,
             } => {
                 if let Some(tree) = &mut self.tree
                     && self.views.is_active(&from)
                 {
-                    tree.on_beacon(now, from, (root, seq, hops, child), &mut out);
+                    let b = crate::tree::Beacon {
+                        root,
+                        seq,
+                        hops,
+                        child,
+                        sig,
+                    };
+                    tree.on_beacon(now, from, b, &*self.auth, &mut out);
                 }
             }
             Message::SyncDigest { hashes } => self.gossip.on_sync_digest(from, &hashes, &mut out),
@@ -627,7 +635,7 @@ impl<R: RngCore> Node<R> {
         }
         self.gossip.on_timeout(now, &mut out);
         if let Some(tree) = &mut self.tree {
-            tree.on_timeout(now, &mut out);
+            tree.on_timeout(now, &*self.auth, &mut out);
         }
         if self.gossip.anti_entropy_due(now, &mut self.rng) && !self.views.active().is_empty() {
             let a = self.views.active();
@@ -879,11 +887,18 @@ impl<R: RngCore> Node<R> {
             self.fill(now, &mut out);
             self.out = out;
         }
+        // a parent that withheld repaired payloads: the tree judges and routes around it
+        while let Some(p) = self.gossip.poll_withheld() {
+            if let Some(tree) = &mut self.tree {
+                tree.on_withheld(now, p, &mut self.out);
+            }
+        }
         if let Some(tree) = &self.tree
             && tree.version() != self.last_tree_version
         {
             self.last_tree_version = tree.version();
             self.gossip.set_tree(&tree.tree_neighbors());
+            self.gossip.set_parent(tree.parent());
         }
         let v = self.gossip.eager_version();
         if v != self.last_eager_version {
@@ -1115,6 +1130,7 @@ mod tests {
                 seq: 1,
                 hops: 0,
                 child: false,
+                sig: [0; 64],
             },
         );
         assert!(n.tree().is_none(), "no tree: beacons are ignored");

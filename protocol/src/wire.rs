@@ -149,6 +149,9 @@ pub enum Message {
         hops: u16,
         /// The receiver is the sender's parent (so the sender is its child).
         child: bool,
+        /// The root's signature over [`crate::tree::wave_statement`]`(root, seq)`: only the
+        /// holder of `root`'s key can start a wave.
+        sig: crate::auth::Signature,
     },
     /// Anti-entropy: per-bucket fingerprints of the retained message ids.
     SyncDigest {
@@ -455,12 +458,14 @@ impl Message {
                 seq,
                 hops,
                 child,
+                sig,
             } => {
                 out.push(20);
                 out.extend_from_slice(&root.0);
                 out.extend_from_slice(&seq.to_le_bytes());
                 out.extend_from_slice(&hops.to_le_bytes());
                 out.push(*child as u8);
+                out.extend_from_slice(sig);
             }
         }
     }
@@ -492,7 +497,7 @@ impl Message {
             Message::SyncDigest { .. } => 8 * DIGEST_BUCKETS,
             Message::SyncIds { ids: i, .. } => 2 + ids(i),
             Message::Nack { .. } => 4,
-            Message::Beacon { .. } => 32 + 4 + 2 + 1,
+            Message::Beacon { .. } => 32 + 4 + 2 + 1 + crate::auth::SIGNATURE_LEN,
         }
     }
 
@@ -590,6 +595,11 @@ impl Message {
                 seq: r.u32()?,
                 hops: r.u16()?,
                 child: r.bool()?,
+                sig: {
+                    let mut sig = [0u8; crate::auth::SIGNATURE_LEN];
+                    sig.copy_from_slice(r.take(crate::auth::SIGNATURE_LEN)?);
+                    sig
+                },
             },
             t => return Err(DecodeError::UnknownTag(t)),
         };
@@ -695,14 +705,20 @@ mod tests {
                 .prop_map(|(bucket, reply, ids)| Message::SyncIds { bucket, reply, ids }),
             ids().prop_map(|ids| Message::Pull { ids }),
             any::<u32>().prop_map(|seq| Message::Nack { seq }),
-            (node(), any::<u32>(), any::<u16>(), any::<bool>()).prop_map(
-                |(root, seq, hops, child)| Message::Beacon {
+            (
+                node(),
+                any::<u32>(),
+                any::<u16>(),
+                any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 64)
+            )
+                .prop_map(|(root, seq, hops, child, sig)| Message::Beacon {
                     root,
                     seq,
                     hops,
-                    child
-                }
-            ),
+                    child,
+                    sig: sig.try_into().expect("64 bytes"),
+                }),
         ]
     }
 

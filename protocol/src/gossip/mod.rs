@@ -26,6 +26,15 @@
 //!
 //! The eager set is what the data plane forwards to: [`Plumtree::eager_peers`] plus
 //! [`Plumtree::eager_version`], bumped on every change, for the driver's lock-free snapshot.
+//!
+//! **Withholding evidence** (managed mode, [`Plumtree::set_parent`]): a payload this node had to
+//! repair by graft, from anyone but its tree parent, is pushed at once to its other tree
+//! neighbours but held back from the parent for one `ihave_timeout`. An honest parent that was
+//! only slow (its own upstream withheld, so it repairs too) delivers it within that grace and
+//! no evidence arises; a parent that still has not delivered it then is reported through
+//! [`Plumtree::poll_withheld`] (and gets the payload). Holding back is what makes the evidence
+//! specific: pushing the repaired copy up at once would leave an honest, slow parent with
+//! nothing to send back, indistinguishable from a withholder.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -149,6 +158,9 @@ pub struct GossipStats {
     pub prunes: u64,
     /// Messages first received through anti-entropy or graft repair.
     pub repaired: u64,
+    /// Repaired payloads the tree parent had not delivered within the grace (withholding
+    /// evidence reported through [`Plumtree::poll_withheld`]).
+    pub withheld: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -187,6 +199,12 @@ pub struct Plumtree {
     /// grafts and first copies do not make links eager, `Prune` is ignored.
     managed: bool,
     lazy_queue: BTreeMap<NodeId, Vec<(MsgId, u16)>>,
+    /// Managed mode: the tree parent (the upstream for most origins).
+    parent: Option<NodeId>,
+    /// Repaired payloads held back from the parent: `id -> (parent, deadline)`.
+    held: BTreeMap<MsgId, (NodeId, Instant)>,
+    /// Parents that withheld a payload, for the tree to judge.
+    withheld: VecDeque<NodeId>,
     flush_at: Option<Instant>,
     next_ae: Instant,
     next_expire: Instant,
@@ -220,6 +238,9 @@ impl Plumtree {
             pruned_in: BTreeSet::new(),
             managed: false,
             lazy_queue: BTreeMap::new(),
+            parent: None,
+            held: BTreeMap::new(),
+            withheld: VecDeque::new(),
             flush_at: None,
             next_ae,
             next_expire,
@@ -271,7 +292,20 @@ impl Plumtree {
         for m in self.missing.values() {
             t = t.min(m.deadline);
         }
+        for (_, d) in self.held.values() {
+            t = t.min(*d);
+        }
         t
+    }
+
+    /// Managed mode: the tree parent, whose deliveries are checked (see the module docs).
+    pub fn set_parent(&mut self, parent: Option<NodeId>) {
+        self.parent = parent;
+    }
+
+    /// The next parent that withheld a repaired payload past the grace (one entry per payload).
+    pub fn poll_withheld(&mut self) -> Option<NodeId> {
+        self.withheld.pop_front()
     }
 
     /// Hands the tree to an outside builder (the rooted tree): from now on the eager set is
@@ -323,6 +357,7 @@ impl Plumtree {
         self.lazy.retain(|x| x != p);
         self.lazy_queue.remove(p);
         self.dup_streak.remove(p);
+        self.held.retain(|_, (h, _)| h != p);
         for m in self.missing.values_mut() {
             m.announcers.retain(|(x, _)| x != p);
         }
@@ -385,6 +420,7 @@ impl Plumtree {
             || (self.cfg.deep_flood_round > 0 && round >= self.cfg.deep_flood_round)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
         now: Instant,
@@ -392,6 +428,7 @@ impl Plumtree {
         round: u16,
         payload: &[u8],
         except: Option<NodeId>,
+        hold: Option<NodeId>,
         out: &mut Outbox,
     ) {
         let flood = self.is_flood(round);
@@ -401,7 +438,7 @@ impl Plumtree {
             &self.eager
         };
         for p in eager.iter().chain(if flood { &self.lazy[..] } else { &[] }) {
-            if Some(*p) != except {
+            if Some(*p) != except && Some(*p) != hold {
                 out.push_back((
                     *p,
                     Message::Gossip {
@@ -434,7 +471,7 @@ impl Plumtree {
         if self.store.contains_key(&id) {
             return None;
         }
-        self.push(now, id, 0, &payload, None, out);
+        self.push(now, id, 0, &payload, None, None, out);
         self.insert(now, id, 0, payload.clone(), None);
         Some(Delivery {
             id,
@@ -461,6 +498,10 @@ impl Plumtree {
         let pulled = self.pulled.get(&id) == Some(&from) && self.pulled.remove(&id).is_some();
         if let Some(s) = self.store.get(&id) {
             self.stats.duplicates += 1;
+            if self.held.get(&id).is_some_and(|(p, _)| *p == from) {
+                // the parent delivered it within the grace: slow, not withholding
+                self.held.remove(&id);
+            }
             if self.managed {
                 return None;
             }
@@ -495,7 +536,8 @@ impl Plumtree {
             }
             return None;
         }
-        if self.missing.get(&id).is_some_and(|m| m.grafted) {
+        let repaired = self.missing.get(&id).is_some_and(|m| m.grafted);
+        if repaired {
             self.stats.repaired += 1;
         }
         self.dup_streak.remove(&from);
@@ -503,7 +545,18 @@ impl Plumtree {
         if from_active && !from_flood && !pulled && !self.cfg.directional_prune && !self.managed {
             self.make_eager(from);
         }
-        self.push(now, id, round, &payload, Some(from), out);
+        // a repair the parent did not bring: give the parent the grace to bring it
+        let hold = self.parent.filter(|p| {
+            self.managed
+                && repaired
+                && *p != from
+                && self.eager.contains(p)
+                && self.held.len() < self.cfg.max_missing
+        });
+        if let Some(p) = hold {
+            self.held.insert(id, (p, now + self.cfg.ihave_timeout));
+        }
+        self.push(now, id, round, &payload, Some(from), hold, out);
         self.insert(now, id, round, payload.clone(), Some(from));
         Some(Delivery {
             id,
@@ -721,8 +774,23 @@ impl Plumtree {
         self.send_payloads(from, ids, out);
     }
 
-    /// Timer work: flush `IHave`s, graft missing ids, expire old messages.
+    /// Timer work: flush `IHave`s, graft missing ids, report and release held repairs, expire
+    /// old messages.
     pub fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        let expired: Vec<(MsgId, NodeId)> = self
+            .held
+            .iter()
+            .filter(|(_, (_, d))| *d <= now)
+            .map(|(id, (p, _))| (*id, *p))
+            .collect();
+        for (id, p) in expired {
+            self.held.remove(&id);
+            self.stats.withheld += 1;
+            self.withheld.push_back(p);
+            if !self.cfg.external_eager && self.eager.contains(&p) {
+                self.send_payloads(p, &[id], out);
+            }
+        }
         if self.flush_at.is_some_and(|f| f <= now) {
             self.flush_at = None;
             for (p, ids) in std::mem::take(&mut self.lazy_queue) {
@@ -1013,6 +1081,69 @@ mod tests {
         p.on_timeout(t, &mut out);
         assert!(matches!(out.pop_front(), Some((to, Message::Graft { .. })) if to == n(1)));
         assert_eq!(p.eager_peers(), &[n(1)], "graft makes the link eager again");
+    }
+
+    /// Managed: parent 1, child 2, lazy 3. Message 7 is announced by 3 and repaired from it:
+    /// the child gets it at once, the parent only after the grace, and a parent that never
+    /// brought it is reported; message 8, repaired the same way but then brought by the
+    /// (slow) parent within the grace, is not.
+    #[test]
+    fn a_repair_the_parent_never_brought_is_reported_as_withholding() {
+        let t0 = Instant::ZERO;
+        let cfg = GossipConfig::default();
+        let mut p = Plumtree::new(cfg.clone(), t0);
+        p.set_managed();
+        for i in 1..=3 {
+            p.neighbor_up(n(i));
+        }
+        p.set_tree(&[n(1), n(2)]);
+        p.set_parent(Some(n(1)));
+        let mut out = Outbox::new();
+        p.on_ihave(t0, n(3), true, &[(m(7), 2), (m(8), 2)], &mut out);
+        let t1 = t0 + cfg.ihave_timeout;
+        p.on_timeout(t1, &mut out);
+        assert_eq!(p.stats().grafts, 2);
+        out.clear();
+        for id in [m(7), m(8)] {
+            assert!(
+                p.on_gossip(t1, n(3), true, id, 2, vec![1], &mut out)
+                    .is_some()
+            );
+        }
+        let to: Vec<NodeId> = out.drain(..).map(|(to, _)| to).collect();
+        assert_eq!(
+            to,
+            vec![n(2), n(2)],
+            "the child at once, the parent not yet"
+        );
+        let t2 = t1 + cfg.ihave_timeout / 2;
+        assert!(
+            p.on_gossip(t2, n(1), true, m(8), 3, vec![1], &mut out)
+                .is_none()
+        );
+        assert_eq!(p.poll_withheld(), None);
+        let t3 = t1 + cfg.ihave_timeout;
+        assert_eq!(p.poll_timeout(), t3);
+        p.on_timeout(t3, &mut out);
+        assert_eq!(
+            p.poll_withheld(),
+            Some(n(1)),
+            "7 never came from the parent"
+        );
+        assert_eq!(p.poll_withheld(), None, "8 came, late: no evidence");
+        assert_eq!(p.stats().withheld, 1);
+        assert!(
+            matches!(out.pop_front(), Some((to, Message::Gossip { id, .. })) if to == n(1) && id == m(7)),
+            "the parent gets the payload after the grace"
+        );
+        // a first copy from the parent is never held
+        p.on_ihave(t3, n(3), true, &[(m(9), 2)], &mut out);
+        assert!(
+            p.on_gossip(t3, n(1), true, m(9), 2, vec![1], &mut out)
+                .is_some()
+        );
+        p.on_timeout(t3 + cfg.ihave_timeout * 2, &mut out);
+        assert_eq!(p.poll_withheld(), None);
     }
 
     #[test]

@@ -34,12 +34,27 @@
 //! of [`crate::gossip::Plumtree`] in managed mode; lazy `IHave`s to the other active neighbours
 //! and graft repair still cover a message that a tree change drops.
 //!
-//! Beacons are not signed: a Byzantine member can claim a lower root and attract the tree. It
-//! can then withhold payloads, which the lazy path repairs, but not forge them (data is signed
-//! end to end).
+//! **Byzantine members.**
+//! - *Signed waves.* A root signs each wave it starts ([`wave_statement`]: `mesh/tree/wave/1 ‖
+//!   root ‖ seq`); every beacon carries that signature and one that does not verify under the
+//!   claimed root's key is dropped and counted ([`TreeStats::beacons_invalid`]). Nobody can
+//!   claim a root id whose key it does not hold, nor a wave the root did not start; a liar can
+//!   only replay waves it received, which the sequence order makes stale.
+//! - *Hop counts* cannot be signed end to end. Only the root itself may claim hop 0 (a beacon
+//!   with `hops == 0` from anyone but its `root`, or a root claiming more, is invalid), so a
+//!   liar can pose as a neighbour of the root (hop 1) and attract its own neighbours, nothing
+//!   more: it cannot make a root, move the tree's root, or reach past its own links.
+//! - *Withholding.* A parent that attracts a child and then withholds or delays payloads by
+//!   more than the `IHave` timeout is found by the data path: the child repairs the message by
+//!   graft while the parent, honest, would have delivered it (see
+//!   [`crate::gossip::Plumtree::poll_withheld`]). After [`TreeConfig::withhold_events`] such
+//!   events within [`TreeConfig::withhold_window`] ([`RootedTree::on_withheld`]) the child drops
+//!   the parent and ignores it as a parent for [`TreeConfig::withhold_penalty`] (doubling per
+//!   repeat offence, up to 16x); it re-attaches by the usual loop-free rules.
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::auth::{Authenticator, Signature};
 use crate::id::NodeId;
 use crate::time::{Duration, Instant};
 use crate::views::Outbox;
@@ -50,6 +65,40 @@ pub const MAX_HOPS: u16 = 1024;
 
 /// Lost roots remembered at once.
 const MAX_LOST: usize = 16;
+
+/// Nodes with withholding evidence or a penalty remembered at once.
+const MAX_SUSPECTS: usize = 64;
+
+/// Verified `(root, wave, signature)`s remembered: every neighbour passes on the same wave, so
+/// a node verifies about one signature per wave.
+const VERIFIED_CACHE: usize = 4;
+
+/// Context tag of a root's signature over one of its waves.
+pub const WAVE_CONTEXT: &[u8; 16] = b"mesh/tree/wave/1";
+
+/// What a root signs to start wave `seq`: [`WAVE_CONTEXT`] ‖ `root` ‖ `seq` (little endian).
+pub fn wave_statement(root: &NodeId, seq: u32) -> [u8; 16 + 32 + 4] {
+    let mut m = [0u8; 16 + 32 + 4];
+    m[..16].copy_from_slice(WAVE_CONTEXT);
+    m[16..48].copy_from_slice(&root.0);
+    m[48..].copy_from_slice(&seq.to_le_bytes());
+    m
+}
+
+/// A received beacon: the sender's position and the root's signature of the wave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Beacon {
+    /// The root the sender follows.
+    pub root: NodeId,
+    /// The root's wave the sender has seen.
+    pub seq: u32,
+    /// The sender's hops from the root (0 only at the root itself).
+    pub hops: u16,
+    /// The receiver is the sender's parent.
+    pub child: bool,
+    /// `root`'s signature over [`wave_statement`]`(root, seq)`.
+    pub sig: Signature,
+}
 
 /// Rooted-tree settings.
 #[derive(Clone, Debug)]
@@ -66,6 +115,17 @@ pub struct TreeConfig {
     /// brought before switching to that neighbour. Longer than the usual latency spread of a
     /// wave, or parents flap. Default 250 ms.
     pub settle: Duration,
+    /// Withholding events (a payload the parent did not deliver though a lazy neighbour
+    /// announced it, repaired by graft) within [`TreeConfig::withhold_window`] after which the
+    /// parent is dropped and penalised. Default 2: an honest parent causes such an event only
+    /// when its own upstream is slower than a lazy path by the whole `IHave` timeout, which
+    /// the simulator sees a few times per 10k nodes and 10 broadcasts (0 penalties there).
+    pub withhold_events: u32,
+    /// Window for [`TreeConfig::withhold_events`]. Default 60 s.
+    pub withhold_window: Duration,
+    /// How long a penalised node is not taken as a parent; doubled for each repeat offence,
+    /// up to 16x. Default 60 s.
+    pub withhold_penalty: Duration,
 }
 
 impl Default for TreeConfig {
@@ -75,6 +135,9 @@ impl Default for TreeConfig {
             beacon_interval: Duration::from_secs(1),
             root_timeout: Duration::from_secs(5),
             settle: Duration::from_millis(250),
+            withhold_events: 2,
+            withhold_window: Duration::from_secs(60),
+            withhold_penalty: Duration::from_secs(60),
         }
     }
 }
@@ -90,6 +153,15 @@ pub struct TreeStats {
     pub root_changes: u64,
     /// Times this node presumed its root lost.
     pub roots_lost: u64,
+    /// Beacons dropped: the wave's signature did not verify under the claimed root's key, or
+    /// the hop count was impossible (0 from a non-root, or more from the root).
+    pub beacons_invalid: u64,
+    /// Wave signatures verified (cache misses).
+    pub waves_verified: u64,
+    /// Withholding events reported against a parent ([`RootedTree::on_withheld`]).
+    pub withheld: u64,
+    /// Times a node was penalised for withholding.
+    pub penalties: u64,
 }
 
 /// What a neighbour last told us.
@@ -99,8 +171,21 @@ struct Advert {
     seq: u32,
     hops: u16,
     child: bool,
+    /// The root's signature of `(root, seq)`.
+    sig: Signature,
     /// When this `(root, seq)` was first heard from this neighbour.
     at: Instant,
+}
+
+/// Withholding evidence against one node.
+#[derive(Clone, Debug, Default)]
+struct Suspect {
+    /// Recent events (within the window).
+    events: VecDeque<Instant>,
+    /// Penalties so far.
+    offences: u32,
+    /// Not a parent until then.
+    until: Option<Instant>,
 }
 
 /// The rooted-tree core (sans I/O).
@@ -111,6 +196,8 @@ pub struct RootedTree {
     root: NodeId,
     seq: u32,
     hops: u16,
+    /// The root's signature of `(root, seq)`, passed on in our beacons.
+    sig: Signature,
     parent: Option<NodeId>,
     /// Highest wave this node started as a root, or heard of under its own id (never
     /// reused in this process).
@@ -122,13 +209,17 @@ pub struct RootedTree {
     nbrs: BTreeMap<NodeId, Option<Advert>>,
     /// Presumed-lost roots: `(root, last wave seen, forget at)`.
     lost: VecDeque<(NodeId, u32, Instant)>,
+    /// Recently verified `(root, seq, signature)`s.
+    verified: VecDeque<(NodeId, u32, Signature)>,
+    /// Withholding evidence and penalties.
+    suspects: BTreeMap<NodeId, Suspect>,
     version: u64,
     stats: TreeStats,
 }
 
 impl RootedTree {
-    /// A node that is its own root until it hears of a lower id.
-    pub fn new(cfg: TreeConfig, me: NodeId, now: Instant) -> Self {
+    /// A node that is its own root until it hears of a lower id (its wave 0 signed by `auth`).
+    pub fn new(cfg: TreeConfig, me: NodeId, now: Instant, auth: &dyn Authenticator) -> Self {
         let next_wave = now + cfg.beacon_interval;
         RootedTree {
             cfg,
@@ -136,6 +227,7 @@ impl RootedTree {
             root: me,
             seq: 0,
             hops: 0,
+            sig: auth.sign(&wave_statement(&me, 0)),
             parent: None,
             own_seq: 0,
             progress_at: now,
@@ -143,6 +235,8 @@ impl RootedTree {
             settle_at: None,
             nbrs: BTreeMap::new(),
             lost: VecDeque::new(),
+            verified: VecDeque::new(),
+            suspects: BTreeMap::new(),
             version: 0,
             stats: TreeStats::default(),
         }
@@ -210,7 +304,62 @@ impl RootedTree {
         } else {
             self.progress_at + self.cfg.root_timeout
         };
-        self.settle_at.map_or(t, |s| s.min(t))
+        let t = self.settle_at.map_or(t, |s| s.min(t));
+        self.suspects
+            .values()
+            .filter_map(|s| s.until)
+            .fold(t, Instant::min)
+    }
+
+    /// Whether `p` is penalised for withholding (not taken as a parent).
+    pub fn is_penalised(&self, p: &NodeId) -> bool {
+        self.suspects.get(p).is_some_and(|s| s.until.is_some())
+    }
+
+    /// Evidence that `p`, while this node's parent, withheld a payload (reported by
+    /// [`crate::gossip::Plumtree::poll_withheld`]). After [`TreeConfig::withhold_events`] within
+    /// [`TreeConfig::withhold_window`], `p` is dropped as parent and not taken again for the
+    /// penalty time; the node re-attaches elsewhere by the loop-free rules.
+    pub fn on_withheld(&mut self, now: Instant, p: NodeId, out: &mut Outbox) {
+        self.stats.withheld += 1;
+        if !self.suspects.contains_key(&p) && self.suspects.len() >= MAX_SUSPECTS {
+            // forget the suspect with the oldest evidence and no penalty; if all are
+            // penalised, this evidence is dropped
+            let old = self
+                .suspects
+                .iter()
+                .filter(|(_, s)| s.until.is_none())
+                .min_by_key(|(_, s)| s.events.back().copied())
+                .map(|(k, _)| *k);
+            match old {
+                Some(k) => {
+                    self.suspects.remove(&k);
+                }
+                None => return,
+            }
+        }
+        let (window, need) = (self.cfg.withhold_window, self.cfg.withhold_events.max(1));
+        let s = self.suspects.entry(p).or_default();
+        while s
+            .events
+            .front()
+            .is_some_and(|t| now.saturating_since(*t) >= window)
+        {
+            s.events.pop_front();
+        }
+        s.events.push_back(now);
+        if s.events.len() < need as usize {
+            return;
+        }
+        s.events.clear();
+        s.offences = s.offences.saturating_add(1);
+        let factor = 1u32 << s.offences.saturating_sub(1).min(4);
+        s.until = Some(now + self.cfg.withhold_penalty * factor);
+        self.stats.penalties += 1;
+        if self.parent == Some(p) {
+            self.set_parent(None);
+        }
+        self.reselect(now, out);
     }
 
     /// A node became an active neighbour: tell it where we are.
@@ -233,14 +382,31 @@ impl RootedTree {
         self.reselect(now, out);
     }
 
-    /// A `Beacon` from `from`. Ignored unless `from` is an active neighbour.
+    /// A `Beacon` from `from`. Ignored unless `from` is an active neighbour; dropped and
+    /// counted unless the wave's signature verifies under `root`'s key (checked with `auth`)
+    /// and the hop count is possible (0 exactly when `from` is the root).
     pub fn on_beacon(
         &mut self,
         now: Instant,
         from: NodeId,
-        (root, seq, hops, child): (NodeId, u32, u16, bool),
+        beacon: Beacon,
+        auth: &dyn Authenticator,
         out: &mut Outbox,
     ) {
+        if !self.nbrs.contains_key(&from) {
+            return;
+        }
+        if (beacon.root == from) != (beacon.hops == 0) || !self.wave_valid(&beacon, auth) {
+            self.stats.beacons_invalid += 1;
+            return;
+        }
+        let Beacon {
+            root,
+            seq,
+            hops,
+            child,
+            sig,
+        } = beacon;
         let Some(slot) = self.nbrs.get_mut(&from) else {
             return;
         };
@@ -255,6 +421,7 @@ impl RootedTree {
             seq,
             hops,
             child,
+            sig,
             at,
         });
         if was_child != child {
@@ -282,23 +449,30 @@ impl RootedTree {
         if root == self.me && seq > self.own_seq {
             self.own_seq = seq;
             if self.is_root() {
-                self.start_wave(now, out);
+                self.start_wave(now, auth, out);
             }
         }
         self.reselect(now, out);
     }
 
-    /// Timer work: new waves at a root, root loss, settle expiry.
-    pub fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+    /// Timer work: new waves at a root (signed with `auth`), root loss, settle expiry, the end
+    /// of penalties.
+    pub fn on_timeout(&mut self, now: Instant, auth: &dyn Authenticator, out: &mut Outbox) {
         // timers are shared with the rest of the node: re-evaluate only when one of ours is due
         let mut due = self.settle_at.is_some_and(|t| t <= now);
+        for s in self.suspects.values_mut() {
+            if s.until.is_some_and(|t| t <= now) {
+                s.until = None;
+                due = true;
+            }
+        }
         while self.lost.front().is_some_and(|(_, _, t)| *t <= now) {
             self.lost.pop_front();
             due = true;
         }
         if self.is_root() {
             if self.next_wave <= now {
-                self.start_wave(now, out);
+                self.start_wave(now, auth, out);
             }
         } else if self.progress_at + self.cfg.root_timeout <= now {
             // no wave for too long: the root is gone from here
@@ -314,7 +488,7 @@ impl RootedTree {
             self.set_parent(None);
             self.progress_at = now;
             self.settle_at = None;
-            self.start_wave(now, out);
+            self.start_wave(now, auth, out);
             due = true;
         }
         if due {
@@ -324,11 +498,32 @@ impl RootedTree {
 
     /// As a root: the next wave number (past any this process used), told to every
     /// neighbour; the one after follows in `beacon_interval`.
-    fn start_wave(&mut self, now: Instant, out: &mut Outbox) {
+    fn start_wave(&mut self, now: Instant, auth: &dyn Authenticator, out: &mut Outbox) {
         self.own_seq = self.own_seq.saturating_add(1);
         self.seq = self.own_seq;
+        self.sig = auth.sign(&wave_statement(&self.me, self.seq));
         self.next_wave = now + self.cfg.beacon_interval;
         self.advertise(out);
+    }
+
+    /// Whether the beacon's wave signature verifies (remembering the last few that did).
+    fn wave_valid(&mut self, b: &Beacon, auth: &dyn Authenticator) -> bool {
+        let known =
+            |(r, s, g): &(NodeId, u32, Signature)| *r == b.root && *s == b.seq && *g == b.sig;
+        if (self.root == b.root && self.seq == b.seq && self.sig == b.sig)
+            || self.verified.iter().any(known)
+        {
+            return true;
+        }
+        self.stats.waves_verified += 1;
+        if !auth.verify(&b.root, &wave_statement(&b.root, b.seq), &b.sig) {
+            return false;
+        }
+        if self.verified.len() >= VERIFIED_CACHE {
+            self.verified.pop_front();
+        }
+        self.verified.push_back((b.root, b.seq, b.sig));
+        true
     }
 
     fn is_lost(&self, root: &NodeId, seq: u32) -> bool {
@@ -340,8 +535,12 @@ impl RootedTree {
     fn usable(&self) -> impl Iterator<Item = (NodeId, Advert)> + '_ {
         self.nbrs.iter().filter_map(move |(p, a)| {
             let a = (*a)?;
-            (!a.child && a.root != self.me && a.hops < MAX_HOPS && !self.is_lost(&a.root, a.seq))
-                .then_some((*p, a))
+            (!a.child
+                && a.root != self.me
+                && a.hops < MAX_HOPS
+                && !self.is_lost(&a.root, a.seq)
+                && !self.is_penalised(p))
+            .then_some((*p, a))
         })
     }
 
@@ -376,6 +575,7 @@ impl RootedTree {
         }
         self.root = a.root;
         self.seq = a.seq;
+        self.sig = a.sig;
         self.hops = a.hops.saturating_add(1);
         self.set_parent(Some(p));
     }
@@ -397,6 +597,7 @@ impl RootedTree {
                         if a.seq > self.seq {
                             self.progress_at = now;
                             self.seq = a.seq;
+                            self.sig = a.sig;
                         }
                         self.hops = a.hops.saturating_add(1);
                     }
@@ -458,6 +659,7 @@ impl RootedTree {
             seq: self.seq,
             hops: self.hops,
             child: Some(p) == self.parent,
+            sig: self.sig,
         }
     }
 
@@ -477,8 +679,32 @@ impl RootedTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::ModelAuth;
     use proptest::prelude::*;
     use std::collections::{BTreeSet, VecDeque};
+
+    const SECRET: u64 = 0x5eed;
+
+    /// `n`'s signer in the tests' mesh.
+    fn auth(n: NodeId) -> ModelAuth {
+        ModelAuth::new(n, SECRET)
+    }
+
+    fn tree(i: u8, now: Instant) -> RootedTree {
+        RootedTree::new(TreeConfig::default(), id(i), now, &auth(id(i)))
+    }
+
+    /// A beacon from a neighbour at `hops`, with `root`'s real signature of the wave.
+    fn signed(root: u8, seq: u32, hops: u16, child: bool) -> Beacon {
+        let root = id(root);
+        Beacon {
+            root,
+            seq,
+            hops,
+            child,
+            sig: auth(root).sign(&wave_statement(&root, seq)),
+        }
+    }
 
     fn id(i: u8) -> NodeId {
         let mut b = [0u8; 32];
@@ -500,9 +726,7 @@ mod tests {
             let now = Instant::ZERO;
             Net {
                 now,
-                nodes: (1..=n)
-                    .map(|i| (id(i), RootedTree::new(TreeConfig::default(), id(i), now)))
-                    .collect(),
+                nodes: (1..=n).map(|i| (id(i), tree(i, now))).collect(),
                 links: BTreeSet::new(),
                 q: VecDeque::new(),
                 down: BTreeSet::new(),
@@ -574,14 +798,22 @@ mod tests {
                     seq,
                     hops,
                     child,
+                    sig,
                 } = m
                 else {
                     panic!("unexpected {m:?}");
                 };
                 let mut out = Outbox::new();
                 let now = self.now;
+                let b = Beacon {
+                    root,
+                    seq,
+                    hops,
+                    child,
+                    sig,
+                };
                 if let Some(t) = self.nodes.get_mut(&to) {
-                    t.on_beacon(now, from, (root, seq, hops, child), &mut out);
+                    t.on_beacon(now, from, b, &auth(to), &mut out);
                 }
                 self.outbox(to, out);
             }
@@ -598,7 +830,7 @@ mod tests {
                     if let Some(t) = self.nodes.get_mut(&k)
                         && t.poll_timeout() <= now
                     {
-                        t.on_timeout(now, &mut out);
+                        t.on_timeout(now, &auth(k), &mut out);
                     }
                     self.outbox(k, out);
                 }
@@ -792,10 +1024,7 @@ mod tests {
         assert!(remembered >= 4);
         // 1 restarts at once (its links flap): it has forgotten its waves
         net.unlink(id(1), id(2));
-        net.nodes.insert(
-            id(1),
-            RootedTree::new(TreeConfig::default(), id(1), net.now),
-        );
+        net.nodes.insert(id(1), tree(1, net.now));
         net.link(1, 2);
         assert!(net.nodes[&id(1)].seq() > remembered);
         net.run(1000);
@@ -806,14 +1035,18 @@ mod tests {
     #[test]
     fn beacons_from_strangers_or_with_absurd_hop_counts_are_ignored() {
         let now = Instant::ZERO;
-        let mut t = RootedTree::new(TreeConfig::default(), id(9), now);
+        let mut t = tree(9, now);
+        let a = auth(id(9));
         let mut out = Outbox::new();
-        t.on_beacon(now, id(1), (id(1), 1, 0, false), &mut out);
+        t.on_beacon(now, id(1), signed(1, 1, 0, false), &a, &mut out);
         assert!(t.is_root(), "not an active neighbour");
         t.neighbor_up(id(2), &mut out);
-        t.on_beacon(now, id(2), (id(1), 1, MAX_HOPS, false), &mut out);
+        t.on_beacon(now, id(2), signed(1, 1, MAX_HOPS, false), &a, &mut out);
         assert!(t.is_root(), "hop count out of range");
-        t.on_beacon(now, id(2), (id(1), 1, 3, false), &mut out);
+        t.on_beacon(now, id(2), signed(1, 1, 0, false), &a, &mut out);
+        assert!(t.is_root(), "hop 0 from a node that is not the root");
+        assert_eq!(t.stats().beacons_invalid, 1);
+        t.on_beacon(now, id(2), signed(1, 1, 3, false), &a, &mut out);
         assert_eq!((t.root(), t.hops(), t.parent()), (id(1), 4, Some(id(2))));
     }
 
@@ -821,43 +1054,155 @@ mod tests {
     fn the_first_beacon_from_a_neighbour_is_answered_once() {
         // our beacon on neighbor_up may have reached it before it counted us as a neighbour
         let now = Instant::ZERO;
-        let mut t = RootedTree::new(TreeConfig::default(), id(1), now);
+        let mut t = tree(1, now);
+        let a = auth(id(1));
         let mut out = Outbox::new();
         t.neighbor_up(id(2), &mut out);
         assert_eq!(out.len(), 1);
         out.clear();
-        t.on_beacon(now, id(2), (id(2), 3, 0, true), &mut out);
+        t.on_beacon(now, id(2), signed(2, 3, 0, true), &a, &mut out);
         assert!(
             matches!(out.pop_front(), Some((to, Message::Beacon { root, .. })) if to == id(2) && root == id(1))
         );
         assert!(out.is_empty());
         assert_eq!(t.children().collect::<Vec<_>>(), vec![id(2)]);
-        t.on_beacon(now, id(2), (id(1), 0, 1, true), &mut out);
+        t.on_beacon(now, id(2), signed(1, 0, 1, true), &a, &mut out);
         assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
     fn a_new_wave_from_another_neighbour_waits_for_the_parent_before_switching() {
         let now = Instant::ZERO;
-        let mut t = RootedTree::new(TreeConfig::default(), id(9), now);
+        let mut t = tree(9, now);
+        let a = auth(id(9));
         let mut out = Outbox::new();
         t.neighbor_up(id(2), &mut out);
         t.neighbor_up(id(3), &mut out);
-        t.on_beacon(now, id(2), (id(1), 5, 1, false), &mut out);
-        t.on_beacon(now, id(3), (id(1), 5, 1, false), &mut out);
+        t.on_beacon(now, id(2), signed(1, 5, 1, false), &a, &mut out);
+        t.on_beacon(now, id(3), signed(1, 5, 1, false), &a, &mut out);
         assert_eq!(t.parent(), Some(id(2)));
         // wave 6 comes through 3 first: keep 2 for the settle time
-        t.on_beacon(now, id(3), (id(1), 6, 1, false), &mut out);
+        t.on_beacon(now, id(3), signed(1, 6, 1, false), &a, &mut out);
         assert_eq!(t.parent(), Some(id(2)));
         let soon = now + Duration::from_millis(100);
-        t.on_beacon(soon, id(2), (id(1), 6, 1, false), &mut out);
+        t.on_beacon(soon, id(2), signed(1, 6, 1, false), &a, &mut out);
         assert_eq!((t.parent(), t.seq()), (Some(id(2)), 6));
         // wave 7 never comes through 2: switch once the settle time is over
-        t.on_beacon(soon, id(3), (id(1), 7, 1, false), &mut out);
+        t.on_beacon(soon, id(3), signed(1, 7, 1, false), &a, &mut out);
         let late = t.poll_timeout();
         assert_eq!(late, soon + TreeConfig::default().settle);
-        t.on_timeout(late, &mut out);
+        t.on_timeout(late, &a, &mut out);
         assert_eq!((t.parent(), t.seq()), (Some(id(3)), 7));
+    }
+
+    /// A Byzantine neighbour (8) that holds only its own key: beacons for root 00..00 (unsigned,
+    /// signed by itself, or a real wave's signature moved to another root or wave) are dropped
+    /// and counted, and the mesh keeps its real root.
+    #[test]
+    fn a_forged_beacon_for_root_zero_is_ignored_and_the_tree_keeps_its_real_root() {
+        let mut net = Net::new(5);
+        for (a, b) in [(1, 2), (2, 3), (3, 4), (4, 5)] {
+            net.link(a, b);
+        }
+        net.nodes.insert(id(8), tree(8, net.now));
+        net.link(8, 3);
+        net.link(8, 5);
+        net.run(2000);
+        net.assert_bfs_trees();
+        let zero = NodeId([0; 32]);
+        let real = net.nodes[&id(1)].seq();
+        let stolen = auth(id(1)).sign(&wave_statement(&id(1), real));
+        let forgeries = [
+            [0u8; 64],
+            auth(id(8)).sign(&wave_statement(&zero, 1_000)),
+            stolen,
+        ];
+        for (i, sig) in forgeries.into_iter().enumerate() {
+            for (to, hops) in [(3u8, 0u16), (5, 1)] {
+                let b = Beacon {
+                    root: zero,
+                    seq: 1_000 + i as u32,
+                    hops,
+                    child: false,
+                    sig,
+                };
+                let mut out = Outbox::new();
+                let now = net.now;
+                net.nodes.get_mut(&id(to)).expect("node").on_beacon(
+                    now,
+                    id(8),
+                    b,
+                    &auth(id(to)),
+                    &mut out,
+                );
+                net.outbox(id(to), out);
+            }
+            // a real wave of root 1 replayed as a newer wave
+            let b = Beacon {
+                sig: stolen,
+                ..signed(1, real + 5, 1, false)
+            };
+            let mut out = Outbox::new();
+            let now = net.now;
+            net.nodes.get_mut(&id(3)).expect("node").on_beacon(
+                now,
+                id(8),
+                b,
+                &auth(id(3)),
+                &mut out,
+            );
+            net.outbox(id(3), out);
+            net.drain();
+        }
+        assert_eq!(net.nodes[&id(3)].stats().beacons_invalid, 6);
+        assert_eq!(net.nodes[&id(5)].stats().beacons_invalid, 3);
+        net.run(2000);
+        net.assert_bfs_trees();
+        for t in net.nodes.values() {
+            assert_eq!(t.root(), id(1), "nobody follows the forged root");
+        }
+    }
+
+    #[test]
+    fn a_parent_reported_for_withholding_is_dropped_penalised_and_taken_back_later() {
+        // 1 - 2 - 4, 1 - 3 - 4: 4's parent is 2 (first heard); 2 withholds
+        let mut net = Net::new(4);
+        for (a, b) in [(1, 2), (1, 3), (2, 4), (3, 4)] {
+            net.link(a, b);
+        }
+        net.run(1000);
+        net.assert_bfs_trees();
+        let first = net.nodes[&id(4)].parent().expect("attached");
+        let other = if first == id(2) { id(3) } else { id(2) };
+        let cfg = TreeConfig::default();
+        // one event is not enough (honest slowness); a second within the window is
+        let mut out = Outbox::new();
+        let now = net.now;
+        let t4 = net.nodes.get_mut(&id(4)).expect("node");
+        t4.on_withheld(now, first, &mut out);
+        assert_eq!(t4.parent(), Some(first));
+        t4.on_withheld(now + Duration::from_secs(1), first, &mut out);
+        assert_eq!(t4.parent(), Some(other), "routed around the withholder");
+        assert!(t4.is_penalised(&first));
+        assert_eq!((t4.stats().withheld, t4.stats().penalties), (2, 1));
+        net.outbox(id(4), out);
+        net.drain();
+        // the penalised node offers a shorter path for the whole penalty: not taken
+        net.run(30_000);
+        assert_eq!(net.nodes[&id(4)].parent(), Some(other));
+        assert_eq!(net.nodes[&id(4)].hops(), 2);
+        assert!(!net.nodes[&first].children().any(|c| c == id(4)));
+        // events far apart never add up
+        let mut out = Outbox::new();
+        let now = net.now;
+        let t4 = net.nodes.get_mut(&id(4)).expect("node");
+        t4.on_withheld(now, other, &mut out);
+        t4.on_withheld(now + cfg.withhold_window, other, &mut out);
+        assert_eq!(t4.parent(), Some(other));
+        net.outbox(id(4), out);
+        net.run(cfg.withhold_penalty.as_millis() as u64);
+        assert!(!net.nodes[&id(4)].is_penalised(&first), "the penalty ends");
+        net.assert_bfs_trees();
     }
 
     proptest! {

@@ -275,7 +275,9 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Service
         .with_state(shared.clone());
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
-        let Some((tcp, peer, slot)) = accept(&listener, &slots).await else {
+        let Some((tcp, peer, slot)) =
+            accept(&listener, &slots, || shared.metrics.api_refused.inc()).await
+        else {
             continue;
         };
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
@@ -293,10 +295,12 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Service
 }
 
 /// Accepts one agent connection and prepares it, holding one of `slots` for its lifetime;
-/// `None` when the accept failed or every slot is taken (the connection is then closed).
+/// `None` when the accept failed or every slot is taken (the connection is then closed and
+/// `refused` called).
 async fn accept(
     listener: &tokio::net::TcpListener,
     slots: &Arc<tokio::sync::Semaphore>,
+    refused: impl FnOnce(),
 ) -> Option<(
     tokio::net::TcpStream,
     std::net::SocketAddr,
@@ -312,6 +316,7 @@ async fn accept(
         }
     };
     let Ok(slot) = slots.clone().try_acquire_owned() else {
+        refused();
         tracing::debug!(%peer, "agent API connection refused: at api.max_connections");
         return None;
     };
@@ -347,14 +352,17 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         let slots = Arc::new(tokio::sync::Semaphore::new(1));
         let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (server_side, _, slot) = accept(&l, &slots).await.expect("a free slot");
+        let refused = std::cell::Cell::new(0);
+        let count = || refused.set(refused.get() + 1);
+        let (server_side, _, slot) = accept(&l, &slots, count).await.expect("a free slot");
         assert!(
             server_side.nodelay().expect("nodelay readable"),
             "the API must set TCP_NODELAY on accepted connections"
         );
         // Every slot taken: the next connection is accepted and closed at once.
         let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        assert!(accept(&l, &slots).await.is_none(), "over the cap");
+        assert!(accept(&l, &slots, count).await.is_none(), "over the cap");
+        assert_eq!(refused.get(), 1, "counted");
         let mut buf = [0u8; 1];
         let n = tokio::time::timeout(std::time::Duration::from_secs(10), second.read(&mut buf))
             .await
@@ -364,6 +372,10 @@ mod tests {
         // A slot freed: accepted again.
         drop((slot, server_side, first));
         let _third = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        assert!(accept(&l, &slots).await.is_some(), "a freed slot is reused");
+        assert!(
+            accept(&l, &slots, count).await.is_some(),
+            "a freed slot is reused"
+        );
+        assert_eq!(refused.get(), 1);
     }
 }

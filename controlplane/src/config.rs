@@ -222,6 +222,9 @@ pub struct NodeConfig {
     pub api_listen: SocketAddr,
     /// Seed nodes to join through (UDP addresses). Empty for the first node.
     pub bootstrap: Vec<SocketAddr>,
+    /// Directory of the node's state (the delivered-message journal); empty: the key
+    /// file's directory.
+    pub state_dir: PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -231,6 +234,7 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             bootstrap: Vec::new(),
+            state_dir: PathBuf::new(),
         }
     }
 }
@@ -253,6 +257,9 @@ pub struct GossipConfig {
     pub retention_ms: u64,
     /// Most messages kept for repair.
     pub max_stored_messages: usize,
+    /// Most delivered message ids remembered (journaled) so that no message is delivered
+    /// twice, across restarts.
+    pub delivered_capacity: usize,
     /// Retired with the peer table: accepted with a warning, no effect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fanout: Option<u64>,
@@ -286,6 +293,7 @@ impl Default for GossipConfig {
             anti_entropy_interval_ms: 250,
             retention_ms: 60_000,
             max_stored_messages: 65_536,
+            delivered_capacity: 262_144,
             fanout: None,
             heartbeat_interval_ms: None,
             peer_timeout_ms: None,
@@ -488,6 +496,11 @@ impl Config {
             "must be at least 10",
         )?;
         check(
+            (1_024..=1 << 24).contains(&g.delivered_capacity),
+            "gossip.delivered_capacity",
+            "must be 1024..=16777216",
+        )?;
+        check(
             (1..=1 << 24).contains(&g.max_stored_messages),
             "gossip.max_stored_messages",
             "must be 1..=16777216",
@@ -650,6 +663,19 @@ impl Config {
             )?;
         }
         Ok(())
+    }
+}
+
+impl NodeConfig {
+    /// Where the node keeps its state: `state_dir`, or the key file's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        if !self.state_dir.as_os_str().is_empty() {
+            return self.state_dir.clone();
+        }
+        match self.key_file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        }
     }
 }
 

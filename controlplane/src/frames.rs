@@ -8,6 +8,7 @@
 //! ```text
 //! frame = [FRAME_OVERLAY][hints u8 ≤ MAX_HINTS][hints × PEER_ENTRY_LEN][core message]
 //!       | [FRAME_DATAGRAM][signed data datagram]        (graft / pull answers)
+//!       | [FRAME_EVIDENCE][len u16 LE][datagram a][datagram b]   (equivocation evidence)
 //! entry = [node id 32][family u8: 4 | 6][IPv6 or v4-mapped 16][port u16 LE]
 //! ```
 
@@ -21,6 +22,9 @@ pub const FRAME_OVERLAY: u8 = 0x10;
 /// sent over mutual TLS. The sending member vouches for the message's origin (see
 /// [`crate::admission::Admitted`]); the receiver's fast path screens it like any datagram.
 pub const FRAME_DATAGRAM: u8 = 0x11;
+/// First byte of a control frame carrying evidence of equivocation: two signed data
+/// datagrams with one origin and sequence and different bodies.
+pub const FRAME_EVIDENCE: u8 = 0x12;
 /// Most address hints in one frame.
 pub const MAX_HINTS: usize = 32;
 
@@ -105,6 +109,36 @@ pub fn decode_frame(frame: &[u8]) -> Result<(Vec<(NodeId, SocketAddr)>, Message)
     Ok((hints, Message::decode(msg)?))
 }
 
+/// An evidence frame holding datagrams `a` and `b`; `None` if either is larger than a
+/// datagram may be.
+pub fn encode_evidence(a: &[u8], b: &[u8]) -> Option<Vec<u8>> {
+    let max = dataplane::wire::MAX_DATAGRAM;
+    if a.len() > max || b.len() > max {
+        return None;
+    }
+    let len = u16::try_from(a.len()).ok()?;
+    let mut out = Vec::with_capacity(3 + a.len() + b.len());
+    out.push(FRAME_EVIDENCE);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    Some(out)
+}
+
+/// The two datagrams of an evidence frame (not yet parsed or verified); `None` when the
+/// frame is malformed or a datagram is over the size limit.
+pub fn decode_evidence(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [FRAME_EVIDENCE, l0, l1, rest @ ..] = frame else {
+        return None;
+    };
+    let len = usize::from(u16::from_le_bytes([*l0, *l1]));
+    let max = dataplane::wire::MAX_DATAGRAM;
+    if len > rest.len() || len > max || rest.len() - len > max {
+        return None;
+    }
+    Some(rest.split_at(len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +153,7 @@ mod tests {
             updates: vec![MemberUpdate {
                 node: id(4),
                 state: MemberState::alive(2),
+                sig: [7; 64],
                 accuser: None,
             }],
         };
@@ -129,6 +164,22 @@ mod tests {
         let mut f = Vec::new();
         encode_frame(&hints, &msg, &mut f);
         assert_eq!(decode_frame(&f).unwrap(), (hints, msg));
+    }
+
+    #[test]
+    fn evidence_frames_round_trip_and_reject_garbage() {
+        let f = encode_evidence(b"first", b"second one").expect("fits");
+        assert_eq!(
+            decode_evidence(&f),
+            Some((&b"first"[..], &b"second one"[..]))
+        );
+        assert_eq!(decode_evidence(&f[..2]), None);
+        assert_eq!(decode_evidence(&[FRAME_EVIDENCE, 0xff, 0xff, 1, 2]), None);
+        let big = vec![0u8; dataplane::wire::MAX_DATAGRAM + 1];
+        assert!(encode_evidence(&big, b"x").is_none());
+        for cut in 0..f.len() {
+            let _ = decode_evidence(&f[..cut]);
+        }
     }
 
     #[test]

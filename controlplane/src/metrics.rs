@@ -326,6 +326,12 @@ pub struct Metrics {
     pub partitioned: IntGauge,
     /// Messages a slow subscriber missed.
     pub lagged: IntCounter,
+    /// Agent connections refused at the cap.
+    pub api_refused: IntCounter,
+    /// Messages not delivered again (delivered before, maybe before a restart).
+    pub redelivery_suppressed: IntCounter,
+    /// Origins caught equivocating.
+    pub equivocations: IntCounter,
     /// Overlay view sizes by view ([`label::OverlayView`]).
     pub overlay_view: IntGaugeVec,
     /// Member table by status ([`label::MemberStatus`]).
@@ -409,6 +415,13 @@ impl Metrics {
             subscribers: bind!(r, IntGauge, MESH_AGENT_SUBSCRIBERS)?,
             partitioned: bind!(r, IntGauge, MESH_PARTITION_DETECTED)?,
             lagged: bind!(r, IntCounter, MESH_AGENT_MESSAGES_LAGGED)?,
+            api_refused: bind!(r, IntCounter, MESH_AGENT_CONNECTIONS_REFUSED)?,
+            redelivery_suppressed: bind!(
+                r,
+                IntCounter,
+                MESH_GOSSIP_MESSAGES_REDELIVERY_SUPPRESSED
+            )?,
+            equivocations: bind!(r, IntCounter, MESH_GOSSIP_EQUIVOCATIONS)?,
             overlay_view: bind!(r, IntGaugeVec, MESH_OVERLAY_VIEW_SIZE)?,
             members: bind!(r, IntGaugeVec, MESH_MEMBERSHIP_MEMBERS)?,
             probes: bind!(r, IntCounter, MESH_MEMBERSHIP_PROBES)?,

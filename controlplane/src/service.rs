@@ -87,6 +87,10 @@ pub struct Status {
     pub overlay: OverlayStatus,
     /// Messages held for repair.
     pub stored_messages: usize,
+    /// Delivered message ids remembered (journaled) against re-delivery.
+    pub delivered_remembered: usize,
+    /// Origins caught signing two bodies for one sequence number.
+    pub equivocating_origins: usize,
     /// Datagrams received by the fast path (repairs included).
     pub received: u64,
     /// Accepted messages by kind.

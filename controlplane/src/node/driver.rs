@@ -35,10 +35,11 @@ use rand::rngs::SmallRng;
 use tokio::sync::{mpsc, oneshot};
 
 use super::fastpath::FastPath;
+use super::ledger::{Ledger, Verdict};
 use super::links::{DialDone, Dialed, Links, data_addr_of};
 use crate::admission::Admitted;
 use crate::book::AddressBook;
-use crate::frames::{self, FRAME_DATAGRAM, FRAME_OVERLAY};
+use crate::frames::{self, FRAME_DATAGRAM, FRAME_EVIDENCE, FRAME_OVERLAY};
 use crate::metrics::label::OverlayFrameOutcome as Outcome;
 use crate::service::{Delivered, PublishError, Receipt, Request, Service};
 use crate::store::MessageStore;
@@ -86,6 +87,9 @@ pub(super) struct Driver {
     pub(super) links: Links,
     pub(super) fast: FastPath,
     pub(super) store: MessageStore,
+    /// What was delivered to the agents (journaled): no message twice, one body per
+    /// `(origin, sequence)`.
+    pub(super) ledger: Ledger,
     pub(super) store_expiry: Duration,
     pub(super) next_store_expiry: Instant,
     pub(super) service: Arc<Service>,
@@ -251,15 +255,34 @@ impl Driver {
         }
     }
 
-    /// Stores and delivers a data message (from the mesh or local). False when it was
-    /// already held (or its payload is not topic + body, which the fast path drops first).
+    /// Stores and delivers a data message (from the mesh or local), unless this node
+    /// delivered it before (maybe before a restart) or delivered another body for its
+    /// origin and sequence. Returns whether it was stored (the core then learns of it).
     fn accept_data(&mut self, p: &InboundMessage, local: bool) -> bool {
         let id = p.id;
-        let (topic, body, received_us) = (p.topic(), p.body(), p.received_us);
-        if !self
-            .store
-            .insert(self.clock.now(), id, Arc::from(p.bytes()))
+        let now = self.clock.now();
+        let wall = dataplane::clock::wall_us();
+        match self
+            .ledger
+            .check(id, p.origin, p.sequence, p.timestamp_us, wall)
         {
+            Verdict::New => {}
+            Verdict::Again => {
+                // A replay, or a repair of what was delivered before a restart: kept to
+                // answer grafts and pulls, never handed to the agents again.
+                let stored = self.store.insert(now, id, Arc::from(p.bytes()));
+                if stored {
+                    self.service.metrics.redelivery_suppressed.inc();
+                }
+                return stored;
+            }
+            Verdict::Equivocation { first } => {
+                self.on_equivocation(first, p);
+                return false;
+            }
+        }
+        let (topic, body, received_us) = (p.topic(), p.body(), p.received_us);
+        if !self.store.insert(now, id, Arc::from(p.bytes())) {
             return false;
         }
         let m = &self.service.metrics;
@@ -284,6 +307,74 @@ impl Driver {
         true
     }
 
+    /// `p` has the origin and sequence of the delivered message `first` but another body:
+    /// the origin signed two messages for one sequence. `p` is never delivered; the origin is
+    /// flagged and the pair, both signed by it, goes to every neighbour as evidence.
+    fn on_equivocation(&mut self, first: MsgId, p: &InboundMessage) {
+        if self.ledger.flag(p.origin) {
+            self.service.metrics.equivocations.inc();
+            tracing::warn!(origin = %p.origin.short(), sequence = p.sequence, "EQUIVOCATION: origin signed two bodies for one sequence; the second is not delivered");
+        }
+        let Some(first_bytes) = self.store.get(&first).cloned() else {
+            return; // the first copy left the store: flagged here, no evidence to show
+        };
+        if let Some(frame) = frames::encode_evidence(&first_bytes, p.bytes()) {
+            self.send_to_neighbours(None, &frame);
+        }
+    }
+
+    /// Evidence of equivocation from `from`: both messages must carry the same origin and
+    /// sequence, differ, and verify. New evidence flags the origin and is passed on once.
+    fn on_evidence(&mut self, from: NodeId, frame: &[u8]) {
+        let Some((a, b)) = frames::decode_evidence(frame) else {
+            self.links.count(Outcome::Invalid, 1);
+            return;
+        };
+        let (Ok(pa), Ok(pb)) = (Packet::parse(a), Packet::parse(b)) else {
+            self.links.count(Outcome::Invalid, 1);
+            return;
+        };
+        let origin = NodeId(*pa.origin());
+        if self.ledger.is_flagged(&origin) {
+            self.links.count(Outcome::Received, 1);
+            return; // known: not checked again (no verify work for repeats)
+        }
+        let verifies = |p: &Packet<'_>| {
+            dataplane::verify::verify_one(&dataplane::verify::VerifyItem {
+                public_key: p.origin(),
+                message: p.signed_bytes(),
+                signature: p.signature(),
+            })
+        };
+        let proves = pa.origin() == pb.origin()
+            && pa.sequence() == pb.sequence()
+            && pa.message_id() != pb.message_id()
+            && verifies(&pa)
+            && verifies(&pb);
+        if !proves {
+            self.links.count(Outcome::Invalid, 1);
+            tracing::debug!(peer = %from.short(), "evidence frame proves nothing");
+            return;
+        }
+        self.links.count(Outcome::Received, 1);
+        if self.ledger.flag(origin) {
+            self.service.metrics.equivocations.inc();
+            tracing::warn!(origin = %origin.short(), sequence = pa.sequence(), peer = %from.short(), "EQUIVOCATION proven by a member's evidence");
+            self.send_to_neighbours(Some(from), frame);
+        }
+    }
+
+    /// Sends `frame` to every active neighbour but `except`.
+    fn send_to_neighbours(&mut self, except: Option<NodeId>, frame: &[u8]) {
+        let active = self.core.active_view().to_vec();
+        for n in active {
+            if Some(n) != except {
+                let addr = self.book.addr(&n);
+                self.links.send(n, addr, frame.to_vec());
+            }
+        }
+    }
+
     /// A frame from an authenticated member; `remote` is its QUIC address.
     fn on_frame(&mut self, from: NodeId, remote: SocketAddr, frame: &[u8]) {
         if let Some(data) = data_addr_of(remote) {
@@ -293,6 +384,7 @@ impl Driver {
         match frame.first() {
             Some(&FRAME_OVERLAY) => self.on_core_frame(from, frame),
             Some(&FRAME_DATAGRAM) => self.on_repair(remote, &frame[1..]),
+            Some(&FRAME_EVIDENCE) => self.on_evidence(from, frame),
             _ => self.links.count(Outcome::Invalid, 1),
         }
     }
@@ -421,6 +513,7 @@ impl Driver {
         }
         self.fast.sync_forward(&self.core, &self.book);
         self.publish_admitted();
+        self.ledger.flush();
     }
 
     fn publish_admitted(&mut self) {

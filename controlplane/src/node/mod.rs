@@ -36,6 +36,7 @@ use crate::store::MessageStore;
 mod auth;
 mod driver;
 mod fastpath;
+mod ledger;
 mod links;
 mod status;
 
@@ -194,13 +195,25 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     ));
     tracing::info!(addr = %api_addr, "agent API and /metrics up");
 
+    let g = &cfg.gossip;
+    let state_dir = cfg.node.state_dir();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating node.state_dir {}", state_dir.display()))?;
+    let journal = state_dir.join(format!("delivered-{}.log", me.short()));
+    let (ledger, remembered) = ledger::Ledger::open(
+        &journal,
+        g.replay_window_ms * 1_000,
+        g.delivered_capacity,
+        dataplane::clock::wall_us(),
+    )
+    .with_context(|| format!("opening the delivered journal {}", journal.display()))?;
+    tracing::info!(journal = %journal.display(), remembered, "delivered journal open");
     let clock = driver::Clock {
         origin: std::time::Instant::now(),
     };
     let core_id = mesh_protocol::NodeId(me.0);
     let (dial_tx, dial_rx) = mpsc::channel(1024);
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
-    let g = &cfg.gossip;
     let drv = driver::Driver {
         me: core_id,
         core: Core::new(
@@ -221,6 +234,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         ),
         fast,
         store: MessageStore::new(Duration::from_millis(g.retention_ms), g.max_stored_messages),
+        ledger,
         store_expiry: Duration::from_millis(g.anti_entropy_interval_ms),
         next_store_expiry: Instant::ZERO,
         service: service.clone(),

@@ -77,6 +77,8 @@ impl Driver {
             partitioned,
             overlay,
             stored_messages: self.store.len(),
+            delivered_remembered: self.ledger.len(),
+            equivocating_origins: self.ledger.flagged(),
             received: f.sum(|s| s.received.load(Relaxed)),
             accepted: HashMap::from([("data".to_owned(), f.sum(|s| s.accepted.load(Relaxed)))]),
             dropped: DropReason::ALL

@@ -66,6 +66,29 @@ pub struct SimConfig {
     pub max_tail_ms: u64,
     /// Core settings (defaults from [`NodeConfig::for_size`] with [`SimConfig::new`]).
     pub node: NodeConfig,
+    /// Fraction of nodes that are Byzantine (chosen by the seed, never node 0, the lowest id,
+    /// unless [`SimConfig::byzantine_root`]). They never publish and are not counted as
+    /// receivers. What they do is [`SimConfig::tree_attack`]; with [`TreeAttack::None`] they
+    /// behave honestly, which is the honest-only run of the same seed and topology.
+    pub byzantine: f64,
+    /// Node 0 (the lowest id, so the tree's rightful root) is Byzantine too.
+    pub byzantine_root: bool,
+    /// What the Byzantine nodes do to the tree.
+    pub tree_attack: TreeAttack,
+}
+
+/// A Byzantine behaviour against the tree, run by the simulator on a Byzantine node's output
+/// (its core runs honestly inside; only what it sends is changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeAttack {
+    /// Honest.
+    None,
+    /// Attract the tree, then drop: beacons claim one hop from the root (the real root and
+    /// signed wave), and every payload (`Gossip`) and announcement (`IHave`) is dropped.
+    Withhold,
+    /// Claim the root 00..00 (lower than every id) at hop 0 in a far-future wave, signed with
+    /// the attacker's own key (all it holds), and drop every payload and announcement.
+    FakeRoot,
 }
 
 impl SimConfig {
@@ -91,6 +114,9 @@ impl SimConfig {
             warmup_ms: 10_000,
             max_tail_ms: 120_000,
             node,
+            byzantine: 0.0,
+            byzantine_root: false,
+            tree_attack: TreeAttack::None,
         }
     }
 }
@@ -123,6 +149,14 @@ pub struct TreeReport {
     pub roots_at_end: u32,
     /// Deepest node's hop count from its root at the end.
     pub max_depth: u16,
+    /// Beacons dropped as invalid (bad wave signature or impossible hop count).
+    pub beacons_invalid: u64,
+    /// Withholding events reported against parents, and penalties imposed.
+    pub withheld_penalties: (u64, u64),
+    /// Honest nodes whose parent is Byzantine at the end.
+    pub honest_under_byzantine: u32,
+    /// Honest nodes following a root that is not an honest node's id at the end.
+    pub honest_on_fake_root: u32,
 }
 
 /// Partition-heal outcome.
@@ -158,6 +192,13 @@ pub struct Report {
     pub p99_round: u16,
     /// Largest `time_to_full_ms` (None if some broadcast never fully delivered).
     pub max_time_to_full_ms: Option<u64>,
+    /// Median and 99th percentile of publish-to-delivery time over every eligible delivery
+    /// of every broadcast (ms).
+    pub delivery_ms_p50_p99: (f64, f64),
+    /// Byzantine nodes.
+    pub byzantine: u32,
+    /// Messages the Byzantine nodes dropped (payloads and announcements).
+    pub byzantine_dropped: u64,
     /// Payload transmissions per node per broadcast, first broadcast (tree not yet pruned).
     pub payload_tx_first: f64,
     /// Payload transmissions per node per broadcast, the others (after the tree formed).
@@ -236,6 +277,16 @@ impl Report {
             s,
             "max time to full delivery ms   {:?}",
             self.max_time_to_full_ms
+        );
+        let _ = writeln!(
+            s,
+            "delivery ms p50 / p99          {:.1} / {:.1}",
+            self.delivery_ms_p50_p99.0, self.delivery_ms_p50_p99.1
+        );
+        let _ = writeln!(
+            s,
+            "byzantine nodes / dropped      {} / {}",
+            self.byzantine, self.byzantine_dropped
         );
         let _ = writeln!(
             s,
@@ -320,6 +371,21 @@ impl Report {
             s,
             "tree: parent changes           {}",
             self.tree.parent_changes
+        );
+        let _ = writeln!(
+            s,
+            "tree: invalid beacons          {}",
+            self.tree.beacons_invalid
+        );
+        let _ = writeln!(
+            s,
+            "tree: withheld / penalties     {} / {}",
+            self.tree.withheld_penalties.0, self.tree.withheld_penalties.1
+        );
+        let _ = writeln!(
+            s,
+            "tree: honest under byz / fake  {} / {}",
+            self.tree.honest_under_byzantine, self.tree.honest_on_fake_root
         );
         let _ = writeln!(
             s,
@@ -447,6 +513,9 @@ struct Sim {
     first_bcast_at: u64,
     view_drops: u64,
     beacons: u64,
+    /// Byzantine nodes by index.
+    byz: Vec<bool>,
+    byz_dropped: u64,
 }
 
 impl Sim {
@@ -536,6 +605,10 @@ impl Sim {
         if to as usize >= self.slots.len() {
             return;
         }
+        let Some(msg) = self.byzantine_output(from, msg) else {
+            self.byz_dropped += 1;
+            return;
+        };
         self.sent += 1;
         self.bytes += msg.encoded_len() as u64;
         if matches!(msg, Message::Beacon { .. }) {
@@ -554,6 +627,49 @@ impl Sim {
         }
         let at = self.now + self.latency(from, to);
         self.push(at, Kind::Deliver { to, from, msg });
+    }
+
+    /// What a Byzantine node sends instead of `msg` (`None`: nothing).
+    fn byzantine_output(&self, from: u32, msg: Message) -> Option<Message> {
+        let attack = self.cfg.tree_attack;
+        if attack == TreeAttack::None || !self.byz[from as usize] {
+            return Some(msg);
+        }
+        match msg {
+            Message::Gossip { .. } | Message::IHave { .. } => None,
+            Message::Beacon {
+                root,
+                seq,
+                hops,
+                child,
+                sig,
+            } => Some(match attack {
+                TreeAttack::FakeRoot => {
+                    let root = NodeId([0; 32]);
+                    let seq = 1_000_000 + (self.now / (1000 * MS)) as u32;
+                    let stmt = mesh_protocol::tree::wave_statement(&root, seq);
+                    let sig = self.slots[from as usize]
+                        .node
+                        .as_ref()
+                        .map_or([0; 64], |n| n.auth().sign(&stmt));
+                    Message::Beacon {
+                        root,
+                        seq,
+                        hops: 0,
+                        child,
+                        sig,
+                    }
+                }
+                _ => Message::Beacon {
+                    root,
+                    seq,
+                    hops: hops.min(1),
+                    child,
+                    sig,
+                },
+            }),
+            other => Some(other),
+        }
     }
 
     fn observe(&mut self, i: u32, e: Event) {
@@ -625,7 +741,9 @@ impl Sim {
                 let mut origin = None;
                 for _ in 0..1000 {
                     let j = self.rng.random_range(0..n);
-                    if self.alive(j) && (!self.partitioned || self.slots[j as usize].group == want)
+                    if self.alive(j)
+                        && !self.byz[j as usize]
+                        && (!self.partitioned || self.slots[j as usize].group == want)
                     {
                         origin = Some(j);
                         break;
@@ -640,7 +758,10 @@ impl Sim {
                     );
                 }
                 let id = MsgId(id);
-                let up: Vec<bool> = (0..n).map(|j| self.alive(j)).collect();
+                // Byzantine nodes are not receivers that must get it
+                let up: Vec<bool> = (0..n)
+                    .map(|j| self.alive(j) && !self.byz[j as usize])
+                    .collect();
                 self.by_id.insert(id, self.bcasts.len());
                 self.bcasts.push(Bcast {
                     at: self.now,
@@ -850,7 +971,15 @@ impl Sim {
         let n = self.slots.len();
         let mut broadcasts = Vec::new();
         let (mut elig_all, mut del_all) = (0u64, 0u64);
+        let mut times: Vec<u64> = Vec::new();
         for b in &self.bcasts {
+            times.extend(
+                (0..n)
+                    .filter(|&j| {
+                        b.up_at_publish[j] && self.alive(j as u32) && b.delivered_at[j] != u64::MAX
+                    })
+                    .map(|j| b.delivered_at[j] - b.at),
+            );
             let (mut elig, mut del, mut maxr, mut last) = (0u32, 0u32, 0u16, 0u64);
             let mut rounds = Vec::new();
             for j in 0..n {
@@ -934,6 +1063,13 @@ impl Sim {
                 b.iter().map(|x| x.tx).sum::<u64>() as f64 / (b.len() * n) as f64
             }
         };
+        times.sort_unstable();
+        let pct = |q: usize| {
+            times
+                .get((times.len() * q / 100).min(times.len().saturating_sub(1)))
+                .map_or(0.0, |t| *t as f64 / MS as f64)
+        };
+        let delivery_ms_p50_p99 = (pct(50), pct(99));
         let max_time = broadcasts
             .iter()
             .map(|b| b.time_to_full_ms)
@@ -944,13 +1080,28 @@ impl Sim {
         let (mut grafts, mut prunes) = (0, 0);
         let mut tree = TreeReport::default();
         let mut roots = BTreeSet::new();
-        for s in &self.slots {
+        for (i, s) in self.slots.iter().enumerate() {
             if let Some(node) = &s.node {
                 let st = node.stats();
                 tree.parent_changes += st.tree.parent_changes;
+                tree.beacons_invalid += st.tree.beacons_invalid;
+                tree.withheld_penalties.0 += st.tree.withheld;
+                tree.withheld_penalties.1 += st.tree.penalties;
                 if let Some(t) = node.tree() {
                     roots.insert(t.root());
                     tree.max_depth = tree.max_depth.max(t.hops());
+                    if !self.byz[i] {
+                        let r = index_of(&t.root()) as usize;
+                        if r >= n || node_id(r as u32) != t.root() || self.byz[r] {
+                            tree.honest_on_fake_root += 1;
+                        }
+                        if t.parent().is_some_and(|p| {
+                            let j = index_of(&p) as usize;
+                            j < n && self.byz[j]
+                        }) {
+                            tree.honest_under_byzantine += 1;
+                        }
+                    }
                 }
                 probes += st.swim.probes;
                 suspicions += st.swim.suspicions_raised;
@@ -984,6 +1135,9 @@ impl Sim {
             max_round: broadcasts.iter().map(|b| b.max_round).max().unwrap_or(0),
             p99_round: broadcasts.iter().map(|b| b.p99_round).max().unwrap_or(0),
             max_time_to_full_ms: max_time,
+            delivery_ms_p50_p99,
+            byzantine: self.byz.iter().filter(|b| **b).count() as u32,
+            byzantine_dropped: self.byz_dropped,
             payload_tx_first: per(&self.bcasts[..self.bcasts.len().min(1)]),
             payload_tx_rest: per(self.bcasts.get(1..).unwrap_or(&[])),
             broadcasts,
@@ -1009,6 +1163,34 @@ impl Sim {
             events: self.events,
         }
     }
+}
+
+/// The Byzantine nodes of a run: drawn from the seed alone (not from the run's RNG), so a run
+/// and its honest-only twin ([`TreeAttack::None`]) share topology and script.
+fn byzantine_set(cfg: &SimConfig) -> Vec<bool> {
+    let n = cfg.nodes;
+    let mut byz = vec![false; n];
+    let mut rng = SmallRng::seed_from_u64(splitmix(cfg.seed ^ 0xb7a2_713e));
+    let want = ((cfg.byzantine * n as f64).round() as usize).min(n.saturating_sub(1));
+    let mut have = 0;
+    if cfg.byzantine_root && want > 0 && n > 1 {
+        byz[0] = true;
+        have = 1;
+    }
+    while have < want {
+        let j = rng.random_range(1..n);
+        if !byz[j] {
+            byz[j] = true;
+            have += 1;
+        }
+    }
+    byz
+}
+
+/// p99 delivery-time inflation of `attacked` against `honest` (the same config with
+/// [`TreeAttack::None`]): the ratio of their [`Report::delivery_ms_p50_p99`] p99s.
+pub fn p99_inflation(attacked: &Report, honest: &Report) -> f64 {
+    attacked.delivery_ms_p50_p99.1 / honest.delivery_ms_p50_p99.1.max(f64::MIN_POSITIVE)
 }
 
 /// Runs one simulation to completion (everything delivered and, for partition runs, re-merged)
@@ -1055,6 +1237,8 @@ pub fn run(cfg: &SimConfig) -> Report {
         first_bcast_at: 0,
         view_drops: 0,
         beacons: 0,
+        byz: byzantine_set(cfg),
+        byz_dropped: 0,
     };
     sim.run();
     sim.report()

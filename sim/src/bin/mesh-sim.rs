@@ -3,6 +3,9 @@
 //! experiments: `--ihave-ms`, `--near-slots`, `--rebalance-ratio`, `--optimize`,
 //! `--deep-flood`, `--prune-after`, `--interval-ms`, `--directional-prune`, `--join-spacing-us`,
 //! `--latency-base-us`, `--tree plumtree|rooted` (default rooted), `--beacon-ms`.
+//! Byzantine tree attacks: `--byzantine F` (fraction of nodes), `--attack withhold|fake-root`
+//! (default withhold), `--byzantine-root` (node 0, the rightful root, is one of them); the
+//! honest-only run of the same seed follows and the p99 delivery-time inflation is printed.
 
 use std::time::Instant as WallClock;
 
@@ -71,6 +74,18 @@ fn main() {
         cfg.node.tree.root_timeout = mesh_protocol::Duration::from_millis(r * 5);
         cfg.node.tree.settle = mesh_protocol::Duration::from_millis(r.div_ceil(4));
     }
+    if let Some(f) = get("--byzantine").and_then(|v| v.parse().ok()) {
+        cfg.byzantine = f;
+        cfg.byzantine_root = args.iter().any(|a| a == "--byzantine-root");
+        cfg.tree_attack = match get("--attack").as_deref() {
+            None | Some("withhold") => mesh_sim::TreeAttack::Withhold,
+            Some("fake-root") => mesh_sim::TreeAttack::FakeRoot,
+            Some(other) => {
+                eprintln!("--attack must be withhold or fake-root, not {other}");
+                std::process::exit(2);
+            }
+        };
+    }
     println!(
         "mesh-sim nodes={} seed={} loss={} churn={} partition={} tree={} (active {}, passive {}, members cap {})",
         nodes,
@@ -94,4 +109,27 @@ fn main() {
         "wall time s                    {:.1}",
         t.elapsed().as_secs_f64()
     );
+    if cfg.tree_attack != mesh_sim::TreeAttack::None {
+        let honest_cfg = mesh_sim::SimConfig {
+            tree_attack: mesh_sim::TreeAttack::None,
+            ..cfg.clone()
+        };
+        let t = WallClock::now();
+        let honest = mesh_sim::run(&honest_cfg);
+        println!(
+            "honest-only run (same seed, the same nodes honest): delivery {:.6}, delivery ms p50 / p99 {:.1} / {:.1}, bytes per node {}, wall {:.1} s",
+            honest.delivery_ratio,
+            honest.delivery_ms_p50_p99.0,
+            honest.delivery_ms_p50_p99.1,
+            honest.bytes_sent / honest.nodes.max(1) as u64,
+            t.elapsed().as_secs_f64()
+        );
+        println!(
+            "p99 delivery-time inflation    {:.2}x ({:?}, {} Byzantine of {})",
+            mesh_sim::p99_inflation(&report, &honest),
+            cfg.tree_attack,
+            report.byzantine,
+            report.nodes
+        );
+    }
 }

@@ -7,7 +7,8 @@
 //! e2e --compare FILE... [--baseline old] [--json FILE]
 //! ```
 //!
-//! One run: a mesh CA (`meshctl ca init`), per node a key and a certificate
+//! One run: a mesh CA (`meshctl ca init`), per node a key (derived from
+//! `--key-seed`, so old and new get the same node ids) and a certificate
 //! (`meshd --print-node-id`, `meshctl ca issue`), a config per node (node `i`
 //! on 127.0.<subnet>.<i+1>, mesh port, QUIC on mesh port + 1, API port;
 //! bootstrap = node 0), wait until the mesh is formed (every node has a
@@ -28,8 +29,10 @@
 //! `/metrics`, over the same window).
 //!
 //! Works against the binaries before and after the removal of
-//! `[overlay] mode`: the config keys written are filtered by what
-//! `meshd --print-default-config` documents (unknown keys are an error).
+//! `[overlay] mode` and `[tls] enabled`: the config keys written are filtered
+//! by what `meshd --print-default-config` documents (unknown keys are an
+//! error), so `mode = "hyparview"` and `enabled = true` are written only
+//! where they exist.
 //! Every meshd is killed when this process ends, however it ends
 //! (`PR_SET_PDEATHSIG`, and a guard that stops them on return or panic).
 

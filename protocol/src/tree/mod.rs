@@ -506,6 +506,18 @@ impl RootedTree {
         self.advertise(out);
     }
 
+    /// The hops of `a` as far as the wave's timing allows: at least the hops claimed by any
+    /// neighbour that brought the same wave earlier. A node nearer the root passes a wave on
+    /// sooner, so a claim of fewer hops that arrives later is not believed.
+    fn believed_hops(&self, a: &Advert) -> u16 {
+        self.nbrs
+            .values()
+            .flatten()
+            .filter(|q| !q.child && q.root == a.root && q.seq == a.seq && q.at < a.at)
+            .map(|q| q.hops.min(MAX_HOPS))
+            .fold(a.hops, u16::max)
+    }
+
     /// Whether the beacon's wave signature verifies (remembering the last few that did).
     fn wave_valid(&mut self, b: &Beacon, auth: &dyn Authenticator) -> bool {
         let known =
@@ -550,7 +562,7 @@ impl RootedTree {
         cands.min_by_key(|(p, a)| {
             (
                 std::cmp::Reverse(a.seq),
-                a.hops,
+                self.believed_hops(a),
                 Some(*p) != self.parent,
                 a.at,
                 *p,
@@ -615,12 +627,22 @@ impl RootedTree {
                 .max();
             // in this or a newer wave, a path strictly shorter (attached) or at most one hop
             // longer (detached): never through a descendant, whose hops exceed ours
+            // A shorter path is believed only within the wave's timing: a neighbour that brought
+            // the parent's wave later than the parent did is not nearer the root, whatever
+            // hops it claims (a liar cannot pass on a wave before it has it).
+            let parent_at = self
+                .parent
+                .and_then(|p| self.nbrs.get(&p).copied().flatten())
+                .map(|a| (a.root, a.seq, a.at));
+            let on_time = |a: &Advert| {
+                parent_at.is_none_or(|(r, s, at)| r != a.root || s != a.seq || a.at <= at)
+            };
             let better = self.best(self.usable().filter(|(p, a)| {
                 a.root == root
                     && Some(*p) != self.parent
                     && a.seq >= seq
                     && if attached {
-                        a.hops.saturating_add(1) < hops
+                        self.believed_hops(a).saturating_add(1) < hops && on_time(a)
                     } else {
                         a.hops <= hops || a.seq > seq
                     }

@@ -23,7 +23,10 @@
 //!   newer wave; or, when the parent has not passed on a newer wave within
 //!   [`TreeConfig::settle`], the neighbour that did, with the fewest hops (descendants only
 //!   know waves this node passed on). Ties keep the current parent, then go to the neighbour
-//!   heard first in the wave (the lowest-latency path).
+//!   heard first in the wave (the lowest-latency path). Hops are compared as the wave's
+//!   timing allows: a neighbour's count is at least that of any neighbour that brought the
+//!   same wave earlier, and a shorter path must bring the parent's wave no later than the
+//!   parent did (see *Byzantine members* below).
 //! - A node that has heard no new wave for [`TreeConfig::root_timeout`] presumes its root
 //!   lost (crashed, or beyond a partition), ignores that root's waves up to the last it saw,
 //!   and becomes a root itself; the lowest id wins again. After a heal the lower root's waves

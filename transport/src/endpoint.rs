@@ -32,9 +32,10 @@
 //! that spares peers with only a few frames queued. [`Transport::recv`]
 //! serves the peers with frames waiting in turn, one frame each, so a
 //! flooding peer fills only its own queue and delays another peer's frame
-//! by at most one frame per round. A full queue drops the new frame and
-//! counts it by reason; the connection is never stalled by a slow
-//! consumer. Details in [`crate::fair`].
+//! by at most one frame per round. A full queue makes a stream frame wait
+//! (that stream's reader stops and QUIC flow control stops its sender; the
+//! other peers' streams go on) and drops a datagram, counted by reason.
+//! Details in [`crate::fair`].
 //!
 //! # Admission of incoming connections
 //!
@@ -139,7 +140,7 @@ pub struct TransportConfig {
     pub max_frame_len: usize,
     /// Most frames queued for [`Transport::recv`] from **one peer** (all its
     /// connections together). Beyond, that peer's new frames are dropped
-    /// and counted ([`TransportStats::frames_dropped_peer_queue_full`]);
+    /// (datagrams; stream frames wait) and counted ([`TransportStats::frames_dropped_peer_queue_full`]);
     /// other peers are unaffected and the connection is never stalled.
     /// Default 256; must be at least 1.
     pub peer_recv_queue: usize,
@@ -383,6 +384,8 @@ pub struct PeerConn {
 /// `frames_dropped_peer_queue_full`, `frames_dropped_total_queue_full` or
 /// `frames_too_large` (their sum with `frames_received +
 /// datagrams_received` is every frame and datagram read off the wire).
+/// Queue-full drops happen to datagrams only: a stream frame waits for room
+/// (`frames_backpressured`) instead.
 /// Every incoming connection attempt that reaches this crate ends in
 /// exactly one of `incoming_retried`, `incoming_refused` (split by reason
 /// in the three `incoming_refused_*` fields), `incoming_handshakes_failed`
@@ -412,6 +415,9 @@ pub struct TransportStats {
     /// [`TransportConfig::recv_queue_bytes`] bytes (drop reason
     /// `total_queue_full`).
     pub frames_dropped_total_queue_full: u64,
+    /// Counter: stream frames that waited for room in their peer's queue (the reader of
+    /// that stream stopped meanwhile; nothing was dropped).
+    pub frames_backpressured: u64,
     /// Counter: frames over [`TransportConfig::max_frame_len`]; each closes
     /// its connection (drop reason `oversized`).
     pub frames_too_large: u64,
@@ -470,6 +476,7 @@ struct Counters {
     frames_delivered: AtomicU64,
     frames_dropped_peer_queue_full: AtomicU64,
     frames_dropped_total_queue_full: AtomicU64,
+    frames_backpressured: AtomicU64,
     frames_too_large: AtomicU64,
     protocol_errors: AtomicU64,
     incoming_attempts: AtomicU64,
@@ -1023,6 +1030,7 @@ impl Transport {
             frames_dropped_queue_full: peer_full + total_full,
             frames_dropped_peer_queue_full: peer_full,
             frames_dropped_total_queue_full: total_full,
+            frames_backpressured: g(&c.frames_backpressured),
             frames_too_large: g(&c.frames_too_large),
             protocol_errors: g(&c.protocol_errors),
             connections_open: gauge(SlotKind::Incoming) + gauge(SlotKind::Outgoing),
@@ -1405,7 +1413,14 @@ async fn read_frames(
         if rx.read_exact(&mut buf).await.is_err() {
             return;
         }
-        inner.deliver(peer, addr, Bytes::from(buf), false);
+        // Backpressure, not loss: wait for room in this peer's queue (or the end of the
+        // connection, so a stalled reader never outlives it).
+        tokio::select! {
+            _ = inner.queue.push_wait(peer, addr, Bytes::from(buf), || {
+                bump(&inner.counters.frames_backpressured)
+            }) => bump(&inner.counters.frames_received),
+            _ = conn.closed() => return,
+        }
     }
 }
 

@@ -15,9 +15,11 @@
 //! Limits ([`TransportConfig`](crate::TransportConfig) fields):
 //!
 //! * per peer: at most `peer_recv_queue` frames and `peer_recv_queue_bytes`
-//!   payload bytes; beyond, the new frame is dropped and counted as
+//!   payload bytes; beyond, a stream frame waits for room (its reader stops,
+//!   and QUIC flow control stops the sender: frames of an ordered stream are
+//!   never lost in the middle), a datagram is dropped and counted as
 //!   `frames_dropped_peer_queue_full`. A flooding peer only ever fills its
-//!   own queue.
+//!   own queue and stalls only its own streams.
 //! * in total: at most `recv_queue` frames and `recv_queue_bytes` bytes,
 //!   except that a peer holding fewer than [`FLOOR_FRAMES`] frames and at
 //!   most [`FLOOR_BYTES`] bytes (with the new frame) is always admitted (up
@@ -84,6 +86,8 @@ pub(crate) struct FairQueue {
     state: Mutex<State>,
     /// Woken (one waiter, or a stored permit) on every queued frame.
     pub notify: Notify,
+    /// Woken (every waiter) when a frame leaves a queue: stream readers waiting for room.
+    space: Notify,
 }
 
 impl FairQueue {
@@ -92,6 +96,7 @@ impl FairQueue {
             limits,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            space: Notify::new(),
         }
     }
 
@@ -137,6 +142,38 @@ impl FairQueue {
         Push::Queued
     }
 
+    /// Queues a stream frame from `peer`, waiting while the caps leave no room for it
+    /// (instead of dropping it). Returns whether it had to wait. An ordered, reliable
+    /// stream must not lose a frame in its middle: the reader of that peer's stream stops
+    /// instead, QUIC flow control then stops the sender, and the other peers' readers go
+    /// on (their queues are their own). `on_wait` runs once, when it first has to wait.
+    pub async fn push_wait(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+        payload: Bytes,
+        on_wait: impl FnOnce(),
+    ) -> bool {
+        let mut waited = false;
+        let mut on_wait = Some(on_wait);
+        loop {
+            let room = self.space.notified();
+            tokio::pin!(room);
+            // Registered before the attempt, so a pop in between is not missed.
+            room.as_mut().enable();
+            match self.push(peer, addr, payload.clone()) {
+                Push::Queued => return waited,
+                Push::PeerFull | Push::TotalFull => {
+                    waited = true;
+                    if let Some(f) = on_wait.take() {
+                        f();
+                    }
+                    room.await;
+                }
+            }
+        }
+    }
+
     /// The next frame: one from the peer at the head of the ring, which
     /// then goes to the back if it has more.
     pub fn pop(&self) -> Option<(NodeId, SocketAddr, Bytes)> {
@@ -159,6 +196,8 @@ impl FairQueue {
             }
             st.frames -= 1;
             st.bytes -= payload.len();
+            drop(guard);
+            self.space.notify_waiters();
             return Some((peer, addr, payload));
         }
         None

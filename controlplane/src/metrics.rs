@@ -372,6 +372,13 @@ pub struct Metrics {
     /// AF_XDP sockets by bind mode ([`label::XskBindMode`]).
     pub xsk_sockets: IntGaugeVec,
     last: Mutex<Snapshot>,
+    transport_frames_received: IntCounter,
+    transport_frames_dropped: IntCounterVec,
+    transport_frames_backpressured: IntCounter,
+    transport_handshakes_retried: IntCounter,
+    transport_handshakes_refused: IntCounterVec,
+    transport_connections: IntGaugeVec,
+    last_transport: Mutex<mesh_transport::TransportStats>,
     /// The OTLP twin of `latency`, when OTLP export is on.
     otel_latency: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>>,
 }
@@ -445,6 +452,21 @@ impl Metrics {
             xdp_attached: bind!(r, IntGaugeVec, MESH_XDP_ATTACHED)?,
             xsk_sockets: bind!(r, IntGaugeVec, MESH_XSK_SOCKETS)?,
             last: Mutex::new(Snapshot::default()),
+            transport_frames_received: bind!(r, IntCounter, MESH_TRANSPORT_FRAMES_RECEIVED)?,
+            transport_frames_dropped: bind!(r, IntCounterVec, MESH_TRANSPORT_FRAMES_DROPPED)?,
+            transport_frames_backpressured: bind!(
+                r,
+                IntCounter,
+                MESH_TRANSPORT_FRAMES_BACKPRESSURED
+            )?,
+            transport_handshakes_retried: bind!(r, IntCounter, MESH_TRANSPORT_HANDSHAKES_RETRIED)?,
+            transport_handshakes_refused: bind!(
+                r,
+                IntCounterVec,
+                MESH_TRANSPORT_HANDSHAKES_REFUSED
+            )?,
+            transport_connections: bind!(r, IntGaugeVec, MESH_TRANSPORT_CONNECTIONS)?,
+            last_transport: Mutex::new(Default::default()),
             otel_latency: std::sync::OnceLock::new(),
             registry: reg.clone(),
         })
@@ -509,7 +531,13 @@ impl Metrics {
             // The tile counts accepted messages in one counter: all are data.
             let data = wire_kind(kind) == dataplane::wire::Kind::Data as usize;
             let d = delta(
-                sum(&|t| if data { t.accepted.load(Ordering::Relaxed) } else { 0 }),
+                sum(&|t| {
+                    if data {
+                        t.accepted.load(Ordering::Relaxed)
+                    } else {
+                        0
+                    }
+                }),
                 &mut last.accepted[kind as usize],
             );
             self.messages_accepted
@@ -545,6 +573,74 @@ impl Metrics {
                     .inc_by(d);
             }
         }
+    }
+
+    /// Folds the mutual-TLS transport's counters in (receive queues, handshake admission,
+    /// connections).
+    pub fn refresh_transport(&self, s: &mesh_transport::TransportStats) {
+        use label::{
+            TransportDirection as Dir, TransportDropReason as Drop,
+            TransportRefusalReason as Refusal,
+        };
+        let Ok(mut last) = self.last_transport.lock() else {
+            return;
+        };
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        self.transport_frames_received.inc_by(d(
+            s.frames_received + s.datagrams_received,
+            last.frames_received + last.datagrams_received,
+        ));
+        for (reason, now, then) in [
+            (
+                Drop::PeerQueueFull,
+                s.frames_dropped_peer_queue_full,
+                last.frames_dropped_peer_queue_full,
+            ),
+            (
+                Drop::TotalQueueFull,
+                s.frames_dropped_total_queue_full,
+                last.frames_dropped_total_queue_full,
+            ),
+            (Drop::Oversized, s.frames_too_large, last.frames_too_large),
+        ] {
+            self.transport_frames_dropped
+                .with_label_values(&[reason.as_str()])
+                .inc_by(d(now, then));
+        }
+        self.transport_frames_backpressured
+            .inc_by(d(s.frames_backpressured, last.frames_backpressured));
+        self.transport_handshakes_retried
+            .inc_by(d(s.incoming_retried, last.incoming_retried));
+        for (reason, now, then) in [
+            (
+                Refusal::HandshakeCap,
+                s.incoming_refused_handshake_cap,
+                last.incoming_refused_handshake_cap,
+            ),
+            (
+                Refusal::ConnectionCap,
+                s.incoming_refused_connection_cap,
+                last.incoming_refused_connection_cap,
+            ),
+            (
+                Refusal::Rate,
+                s.incoming_refused_rate,
+                last.incoming_refused_rate,
+            ),
+        ] {
+            self.transport_handshakes_refused
+                .with_label_values(&[reason.as_str()])
+                .inc_by(d(now, then));
+        }
+        for (dir, n) in [
+            (Dir::Incoming, s.connections_incoming),
+            (Dir::Outgoing, s.connections_outgoing),
+        ] {
+            self.transport_connections
+                .with_label_values(&[dir.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        *last = *s;
     }
 
     /// Folds the verify workers' counters in (labelled `tile/worker`).

@@ -196,6 +196,7 @@ pub struct Service {
     pub(crate) verify_stats: Vec<dataplane::verify::workers::PoolStats>,
     pub(crate) deliveries: broadcast::Sender<Arc<Delivered>>,
     pub(crate) requests: mpsc::Sender<Request>,
+    pub(crate) transport: Arc<mesh_transport::Transport>,
 }
 
 impl Service {
@@ -241,6 +242,7 @@ impl Service {
     pub(crate) fn refresh_metrics(&self) {
         self.metrics.refresh(&self.tile_stats, self.xdp.as_ref());
         self.metrics.refresh_verify(&self.verify_stats);
+        self.metrics.refresh_transport(&self.transport.stats());
     }
 
     /// Prometheus text of every metric, refreshed.

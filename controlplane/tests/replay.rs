@@ -63,6 +63,15 @@ async fn formed(nodes: &[&NodeHandle]) {
     .await;
 }
 
+/// Sum of every series of `name` (all label values).
+fn metric_sum(n: &NodeHandle, name: &str) -> f64 {
+    n.metrics_text()
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn metric(n: &NodeHandle, name: &str) -> f64 {
     n.metrics_text()
         .lines()
@@ -154,6 +163,9 @@ async fn a_restarted_node_does_not_deliver_again_what_it_delivered_before() {
     let a = node::start(a_cfg).await.expect("start a");
     let b = node::start(b_cfg.clone()).await.expect("start b");
     formed(&[&a, &b]).await;
+    // The mutual-TLS transport's own counters are exported.
+    assert!(metric_sum(&b, "mesh_transport_connections") >= 1.0);
+    assert!(metric(&b, "mesh_transport_frames_received") >= 1.0);
 
     // Delivered at b before the restart: one message published through a, one sealed with
     // a's key and sent to b directly.

@@ -176,6 +176,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         xdp: fast.xdp_control(),
         deliveries,
         requests: req_tx,
+        transport: transport.clone(),
     });
     let otlp = match cfg.telemetry.otlp_endpoint.as_str() {
         "" => None,

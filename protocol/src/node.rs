@@ -256,6 +256,7 @@ impl<R: RngCore> Node<R> {
             MemberTable::new(cfg.member_capacity, rng.next_u64()),
             cfg.size_hint,
             cfg.partition.window,
+            &*auth,
         );
         let tree = cfg.tree.enabled.then(|| {
             gossip.set_managed();
@@ -463,25 +464,26 @@ impl<R: RngCore> Node<R> {
         let mut out = std::mem::take(&mut self.out);
         match msg {
             Message::Ping { seq, updates } => {
-                self.apply_updates(now, &updates);
-                self.swim.on_ping(from, seq, &mut out);
+                self.apply_updates(now, from, &updates);
+                self.swim.on_ping(from, seq, &mut out, &*self.auth);
             }
             Message::Ack { seq, updates } => {
-                self.apply_updates(now, &updates);
-                self.swim.on_ack(now, from, seq, &mut out);
+                self.apply_updates(now, from, &updates);
+                self.swim.on_ack(now, from, seq, &mut out, &*self.auth);
             }
             Message::PingReq {
                 seq,
                 target,
                 updates,
             } => {
-                self.apply_updates(now, &updates);
-                self.swim.on_ping_req(now, from, seq, target, &mut out);
+                self.apply_updates(now, from, &updates);
+                self.swim
+                    .on_ping_req(now, from, seq, target, &mut out, &*self.auth);
             }
             Message::Nack { seq } => self.swim.on_nack(seq),
             Message::Join => {
                 self.ensure_member(now, from);
-                self.swim.hint_if_not_alive(from, &mut out);
+                self.swim.hint_if_not_alive(from, &mut out, &*self.auth);
                 self.views.on_join(from, &mut out, &mut self.rng);
             }
             Message::ForwardJoin { joiner, ttl } => {
@@ -494,7 +496,7 @@ impl<R: RngCore> Node<R> {
                     .on_join_ack(from, &nodes, &mut out, &mut self.rng);
             }
             Message::Neighbor { high_priority } => {
-                self.swim.hint_if_not_alive(from, &mut out);
+                self.swim.hint_if_not_alive(from, &mut out, &*self.auth);
                 self.views
                     .on_neighbor(from, high_priority, &mut out, &mut self.rng);
             }
@@ -601,6 +603,8 @@ impl<R: RngCore> Node<R> {
                 }
             }
             Command::Leave => {
+                self.swim
+                    .farewell(self.views.active(), &mut out, &*self.auth);
                 for p in self.views.active() {
                     out.push_back((*p, Message::Disconnect { leaving: true }));
                 }
@@ -623,8 +627,13 @@ impl<R: RngCore> Node<R> {
         }
         let mut out = std::mem::take(&mut self.out);
         // membership first: indirect probes, expired suspicions, Nacks, the protocol period
-        self.swim
-            .on_timeout(now, self.views.active(), &mut self.rng, &mut out);
+        self.swim.on_timeout(
+            now,
+            self.views.active(),
+            &mut self.rng,
+            &mut out,
+            &*self.auth,
+        );
         self.route_changes(now);
         if self.swim.probe_due(now) {
             self.probe_tick(now, &mut out);
@@ -682,11 +691,13 @@ impl<R: RngCore> Node<R> {
         self.swim.ensure_member(now, n, self.views.active());
     }
 
-    /// Membership facts from a message, one at a time: each change reaches the views before
-    /// the next fact is applied (a member they drop is no longer protected from eviction).
-    fn apply_updates(&mut self, now: Instant, updates: &[MemberUpdate]) {
+    /// Membership facts from a message of `from`, one at a time: each change reaches the
+    /// views before the next fact is applied (a member they drop is no longer protected from
+    /// eviction).
+    fn apply_updates(&mut self, now: Instant, from: NodeId, updates: &[MemberUpdate]) {
         for u in updates {
-            self.swim.apply(now, *u, self.views.active());
+            self.swim
+                .apply(now, from, *u, self.views.active(), &*self.auth);
             self.route_changes(now);
         }
     }
@@ -745,6 +756,7 @@ impl<R: RngCore> Node<R> {
             boosted,
             &mut self.rng,
             out,
+            &*self.auth,
         );
         self.route_changes(now);
         // keep the passive view stocked from the member table: a small clique whose passive
@@ -822,7 +834,7 @@ impl<R: RngCore> Node<R> {
             self.views.join(now, seed, out);
         }
         for t in tick.ping {
-            self.swim.ping(t, out);
+            self.swim.ping(t, out, &*self.auth);
         }
     }
 
@@ -912,6 +924,7 @@ impl<R: RngCore> Node<R> {
 mod tests {
     use super::*;
     use crate::membership::SwimStats;
+    use crate::membership::statement::{sign_accusation, sign_self};
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
     use std::collections::BTreeMap;
@@ -927,6 +940,25 @@ mod tests {
 
     /// The tests' model-signature secret.
     const TEST_MESH: u64 = 0x5eed;
+
+    /// `by`'s validly signed accusation that `target` is in `state`, with `target`'s own
+    /// `Alive(state.incarnation)` as proof (a statement `by` saw it publish).
+    fn accuse(by: u8, target: u8, state: MemberState) -> MemberUpdate {
+        let proof = sign_self(
+            &*auth(id(target)),
+            id(target),
+            MemberState::alive(state.incarnation),
+        )
+        .sig;
+        sign_accusation(&*auth(id(by)), id(by), id(target), state, proof)
+    }
+
+    fn dead(incarnation: u64) -> MemberState {
+        MemberState {
+            incarnation,
+            status: Status::Dead,
+        }
+    }
 
     /// A tiny cluster on a virtual clock with a fixed 5 ms link latency (quinn `Pair` style).
     struct Cluster {
@@ -1243,20 +1275,22 @@ mod tests {
             SmallRng::seed_from_u64(1),
             auth(id(1)),
         );
-        let claim = MemberUpdate {
-            node: id(1),
-            state: MemberState {
-                incarnation: 4,
-                status: Status::Dead,
-            },
-            accuser: None,
+        // node 1 restarted at incarnation 0; node 2 still holds its earlier life's Alive(4)
+        // and accuses it of being dead at that incarnation
+        let dead4 = MemberState {
+            incarnation: 4,
+            status: Status::Dead,
         };
+        let claim = accuse(2, 1, dead4);
         n.handle_message(
             Instant::ZERO,
             id(2),
             Message::Ping {
                 seq: 1,
-                updates: vec![claim],
+                updates: vec![
+                    sign_self(&*auth(id(2)), id(2), MemberState::alive(0)),
+                    claim,
+                ],
             },
         );
         assert_eq!(n.incarnation(), 5);
@@ -1335,5 +1369,233 @@ mod tests {
             "{states:?}"
         );
         assert_ne!(lonely.partition_status().state, Reachability::Connected);
+    }
+
+    /// The finding: one member feeding "Dead at u64::MAX" (and validly signed accusations at
+    /// the target's real incarnation) about a live member, over and over, to every node.
+    fn byzantine_feed(c: &mut Cluster, byz: u8, target: u8, rounds: u32) {
+        for _ in 0..rounds {
+            let inc = c.nodes[&id(target)].incarnation();
+            // forged: an incarnation the target never signed, with a made-up proof
+            let forged = MemberUpdate {
+                node: id(target),
+                state: dead(u64::MAX),
+                sig: [7; 64],
+                accuser: Some((id(byz), [9; 64])),
+            };
+            // the same claim signed by the accuser, but no proof from the target
+            let mut unproven = accuse(byz, target, dead(u64::MAX));
+            unproven.sig = [1; 64];
+            // a valid accusation: the target's real incarnation and proof, the accuser's own
+            // signature
+            let valid = accuse(byz, target, dead(inc));
+            let suspect = accuse(
+                byz,
+                target,
+                MemberState {
+                    incarnation: inc,
+                    status: Status::Suspect,
+                },
+            );
+            let me = sign_self(&*auth(id(byz)), id(byz), MemberState::alive(0));
+            let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+            for to in ids {
+                if to == id(byz) || to == id(target) {
+                    continue;
+                }
+                for claim in [forged, unproven, valid, suspect] {
+                    let m = Message::Ping {
+                        seq: 77,
+                        updates: vec![me, claim],
+                    };
+                    if let Some(n) = c.nodes.get_mut(&to) {
+                        n.handle_message(c.now, id(byz), m);
+                    }
+                    c.drain(to);
+                }
+            }
+            c.run(Duration::from_millis(200));
+        }
+    }
+
+    #[test]
+    fn a_byzantine_member_cannot_expel_a_live_member_with_false_death_claims() {
+        // the attacker's setting: a 4-node mesh, node 3 Byzantine, node 1 the target
+        let mut c = Cluster::new(4);
+        c.run(Duration::from_secs(10));
+        byzantine_feed(&mut c, 3, 1, 5);
+        // five frames per node, then keep it up for a minute
+        for _ in 0..60 {
+            byzantine_feed(&mut c, 3, 1, 1);
+            c.run(Duration::from_millis(800));
+            for (k, n) in &c.nodes {
+                if *k != id(1) {
+                    let st = n.member(&id(1)).map(|s| s.status);
+                    assert!(
+                        matches!(st, Some(Status::Alive | Status::Suspect)),
+                        "{k:?} holds node 1 as {st:?}"
+                    );
+                }
+            }
+        }
+        // no saturation: the target's incarnation is bounded by what it signed
+        assert!(c.nodes[&id(1)].incarnation() < 1000);
+        let stats: Vec<SwimStats> = c.nodes.values().map(|n| n.stats().swim).collect();
+        assert!(stats.iter().all(|s| s.declared_dead == 0), "{stats:?}");
+        assert!(stats.iter().map(|s| s.invalid_statements).sum::<u64>() > 0);
+        // a broadcast from the target reaches everyone
+        c.run(Duration::from_secs(5));
+        c.command(
+            id(1),
+            Command::Broadcast {
+                id: MsgId([5; 16]),
+                payload: b"still here".to_vec(),
+            },
+        );
+        c.run(Duration::from_secs(2));
+        for k in c.nodes.keys() {
+            assert!(
+                c.delivered
+                    .get(k)
+                    .is_some_and(|v| v.contains(&MsgId([5; 16]))),
+                "{k:?} missed the target's message"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lone_false_accuser_cannot_expel_in_a_larger_mesh() {
+        let mut c = Cluster::new(10);
+        c.run(Duration::from_secs(10));
+        for _ in 0..40 {
+            byzantine_feed(&mut c, 9, 4, 1);
+            c.run(Duration::from_secs(1));
+        }
+        for (k, n) in &c.nodes {
+            if *k != id(4) {
+                assert_ne!(n.member(&id(4)).map(|s| s.status), Some(Status::Dead));
+            }
+        }
+        // the accusations were believed as suspicions, and the target refuted them
+        let counted: u64 = c.nodes.values().map(|n| n.stats().swim.accusations).sum();
+        assert!(counted > 0, "no accusation counted");
+        assert!(c.nodes[&id(4)].stats().swim.refutations > 0);
+        assert!(c.nodes.values().all(|n| n.stats().swim.declared_dead == 0));
+    }
+
+    #[test]
+    fn forged_self_statements_and_sybil_joins_are_rejected_and_counted() {
+        let mut n = Node::new(
+            NodeConfig::for_size(10),
+            id(1),
+            0,
+            Instant::ZERO,
+            SmallRng::seed_from_u64(1),
+            auth(id(1)),
+        );
+        let byz = auth(id(3));
+        let me3 = sign_self(&*byz, id(3), MemberState::alive(0));
+        n.handle_message(
+            Instant::ZERO,
+            id(3),
+            Message::Ping {
+                seq: 1,
+                updates: vec![me3],
+            },
+        );
+        let honest = sign_self(&*auth(id(2)), id(2), MemberState::alive(2));
+        n.handle_message(
+            Instant::ZERO,
+            id(2),
+            Message::Ping {
+                seq: 1,
+                updates: vec![honest],
+            },
+        );
+        let invalid = n.stats().swim.invalid_statements;
+        // node 3 speaks for node 2 (a departure, a higher incarnation) and for ids it made
+        // up (Sybils), signing as itself or not at all
+        let mut left = sign_self(
+            &*byz,
+            id(2),
+            MemberState {
+                incarnation: 9,
+                status: Status::Left,
+            },
+        );
+        left.node = id(2);
+        let mut updates = vec![me3, left, sign_self(&*byz, id(2), MemberState::alive(50))];
+        for s in 100..105u8 {
+            let mut u = sign_self(&*byz, id(s), MemberState::alive(0));
+            if s % 2 == 0 {
+                u.sig = [0; 64];
+            }
+            updates.push(u);
+        }
+        n.handle_message(Instant::ZERO, id(3), Message::Ping { seq: 2, updates });
+        assert_eq!(n.member(&id(2)), Some(MemberState::alive(2)));
+        for s in 100..105u8 {
+            assert_eq!(n.member(&id(s)), None, "sybil {s} admitted");
+        }
+        assert_eq!(n.stats().swim.invalid_statements, invalid + 7);
+        // node 3's accusation about someone it never heard sign, or about itself, is nothing
+        let suspect_self = accuse(
+            3,
+            3,
+            MemberState {
+                incarnation: 0,
+                status: Status::Suspect,
+            },
+        );
+        n.handle_message(
+            Instant::ZERO,
+            id(3),
+            Message::Ping {
+                seq: 3,
+                updates: vec![suspect_self],
+            },
+        );
+        assert_eq!(n.member(&id(3)), Some(MemberState::alive(0)));
+    }
+
+    #[test]
+    fn a_restarted_member_refutes_its_death_and_is_back_everywhere() {
+        let mut c = Cluster::new(6);
+        c.run(Duration::from_secs(10));
+        let gone = c.nodes.remove(&id(2)).expect("node 2");
+        let before = gone.incarnation();
+        drop(gone);
+        c.run(Duration::from_secs(60));
+        for (k, n) in &c.nodes {
+            assert_eq!(
+                n.member(&id(2)).map(|s| s.status),
+                Some(Status::Dead),
+                "{k:?} did not see the crash"
+            );
+        }
+        // restart at incarnation 0
+        let mut back = Node::new(
+            NodeConfig::for_size(6),
+            id(2),
+            0,
+            c.now,
+            SmallRng::seed_from_u64(99),
+            auth(id(2)),
+        );
+        let _ = back.handle_command(c.now, Command::Join(id(0)));
+        c.nodes.insert(id(2), back);
+        c.drain(id(2));
+        c.run(Duration::from_secs(40));
+        let inc = c.nodes[&id(2)].incarnation();
+        assert!(inc > before, "incarnation {inc} after the restart");
+        for (k, n) in &c.nodes {
+            if *k != id(2) {
+                assert_eq!(
+                    n.member(&id(2)),
+                    Some(MemberState::alive(inc)),
+                    "{k:?} does not see node 2 back"
+                );
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! is at most [`MAX_ENCODED`] bytes (it travels inside the mesh's signed datagrams or QUIC
 //! streams). [`Message::decode`] never panics and rejects trailing bytes.
 
+use crate::auth::{SIGNATURE_LEN, Signature};
 use crate::heal::{MemberState, Status};
 use crate::id::{MsgId, NodeId};
 
@@ -15,6 +16,14 @@ use crate::id::{MsgId, NodeId};
 pub const MAX_ENCODED: usize = 1100;
 /// Most membership updates piggybacked on one SWIM message.
 pub const MAX_UPDATES: usize = 10;
+/// Most bytes of piggybacked updates in one SWIM message (10 self statements, or 5
+/// accusations); the piggyback stops before it would exceed this.
+pub const MAX_UPDATE_BYTES: usize = 10 * UPDATE_LEN;
+/// Encoded size of a self statement (`Alive`/`Left`): node, incarnation, flags, signature.
+pub const UPDATE_LEN: usize = 32 + 8 + 1 + SIGNATURE_LEN;
+/// Encoded size of an accusation (`Suspect`/`Dead`): a self statement's fields plus the
+/// accuser and its signature.
+pub const ACCUSATION_LEN: usize = UPDATE_LEN + 32 + SIGNATURE_LEN;
 /// Most message ids in one `IHave`, `Graft`, `SyncIds` or `Pull`.
 pub const MAX_IDS: usize = 24;
 /// Most node ids in one `JoinAck`, `Shuffle` or `ShuffleReply`.
@@ -28,16 +37,31 @@ const MSG_ID_LEN: usize = 16;
 /// Encoded size of one `IHave` entry: the id and its `u16` round.
 const IHAVE_ITEM_LEN: usize = MSG_ID_LEN + 2;
 
-/// A membership fact gossiped by SWIM: `node` is in `state`.
+/// A signed membership fact gossiped by SWIM: `node` is in `state` (see
+/// [`crate::membership::statement`] for what is signed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemberUpdate {
     /// The member the fact is about.
     pub node: NodeId,
     /// Its incarnation and status (a lattice element, see [`crate::heal`]).
     pub state: MemberState,
-    /// For a `Suspect` fact: the member whose probe failed (Lifeguard counts distinct
-    /// accusers as independent confirmations). Ignored for other statuses.
-    pub accuser: Option<NodeId>,
+    /// `Alive`/`Left`: `node`'s signature over the statement. `Suspect`/`Dead`: `node`'s
+    /// signature over `Alive(incarnation)`, the proof that it reached that incarnation.
+    pub sig: Signature,
+    /// `Suspect`/`Dead` (and only those): the accuser and its signature over the
+    /// accusation (Lifeguard counts distinct accusers as independent confirmations).
+    pub accuser: Option<(NodeId, Signature)>,
+}
+
+impl MemberUpdate {
+    /// Encoded size of this update.
+    pub fn encoded_len(&self) -> usize {
+        if self.accuser.is_some() {
+            ACCUSATION_LEN
+        } else {
+            UPDATE_LEN
+        }
+    }
 }
 
 /// Every message the composed [`crate::Node`] sends or accepts.
@@ -254,27 +278,46 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    fn sig(&mut self) -> Result<Signature, DecodeError> {
+        let mut a = [0u8; SIGNATURE_LEN];
+        a.copy_from_slice(self.take(SIGNATURE_LEN)?);
+        Ok(a)
+    }
+    /// Updates: an accuser is present exactly for `Suspect`/`Dead`, and the list is at most
+    /// [`MAX_UPDATE_BYTES`].
     fn updates(&mut self) -> Result<Vec<MemberUpdate>, DecodeError> {
-        let n = self.count(MAX_UPDATES, 41)?;
+        let n = self.count(MAX_UPDATES, UPDATE_LEN)?;
         let mut v = Vec::with_capacity(n);
+        let mut bytes = 0;
         for _ in 0..n {
             let node = NodeId(self.b32()?);
             let incarnation = self.u64()?;
             let flags = self.u8()?;
             let status = Status::from_u8(flags & !ACCUSER_FLAG).ok_or(DecodeError::InvalidValue)?;
-            let accuser = if flags & ACCUSER_FLAG != 0 {
-                Some(NodeId(self.b32()?))
+            let sig = self.sig()?;
+            let accused = matches!(status, Status::Suspect | Status::Dead);
+            if accused != (flags & ACCUSER_FLAG != 0) {
+                return Err(DecodeError::InvalidValue);
+            }
+            let accuser = if accused {
+                Some((NodeId(self.b32()?), self.sig()?))
             } else {
                 None
             };
-            v.push(MemberUpdate {
+            let u = MemberUpdate {
                 node,
                 state: MemberState {
                     incarnation,
                     status,
                 },
+                sig,
                 accuser,
-            });
+            };
+            bytes += u.encoded_len();
+            if bytes > MAX_UPDATE_BYTES {
+                return Err(DecodeError::TooLong(bytes));
+            }
+            v.push(u);
         }
         Ok(v)
     }
@@ -295,20 +338,39 @@ fn put_count(out: &mut Vec<u8>, len: usize, max: usize) -> usize {
     n
 }
 
-/// Status-byte flag: a 32-byte accuser follows.
+/// Status-byte flag: the accuser and its signature follow the proof.
 const ACCUSER_FLAG: u8 = 0x80;
 
+/// How many of `u` go on the wire: at most [`MAX_UPDATES`] and [`MAX_UPDATE_BYTES`].
+fn updates_that_fit(u: &[MemberUpdate]) -> usize {
+    let mut bytes = 0;
+    u.iter()
+        .take(MAX_UPDATES)
+        .take_while(|x| {
+            bytes += x.encoded_len();
+            bytes <= MAX_UPDATE_BYTES
+        })
+        .count()
+}
+
 fn put_updates(out: &mut Vec<u8>, u: &[MemberUpdate]) {
-    let n = put_count(out, u.len(), MAX_UPDATES);
+    let fit = updates_that_fit(u);
+    debug_assert_eq!(fit, u.len(), "updates over the wire limit");
+    let n = put_count(out, fit, MAX_UPDATES);
     for x in &u[..n] {
         out.extend_from_slice(&x.node.0);
         out.extend_from_slice(&x.state.incarnation.to_le_bytes());
         match x.accuser {
-            Some(a) => {
+            Some((a, sig)) => {
                 out.push(x.state.status as u8 | ACCUSER_FLAG);
+                out.extend_from_slice(&x.sig);
                 out.extend_from_slice(&a.0);
+                out.extend_from_slice(&sig);
             }
-            None => out.push(x.state.status as u8),
+            None => {
+                out.push(x.state.status as u8);
+                out.extend_from_slice(&x.sig);
+            }
         }
     }
 }
@@ -473,10 +535,9 @@ impl Message {
     /// The encoded length in bytes (what [`Message::encode`] appends).
     pub fn encoded_len(&self) -> usize {
         let upd = |u: &Vec<MemberUpdate>| {
-            1 + u
+            1 + u[..updates_that_fit(u)]
                 .iter()
-                .take(MAX_UPDATES)
-                .map(|x| 41 + if x.accuser.is_some() { 32 } else { 0 })
+                .map(MemberUpdate::encoded_len)
                 .sum::<usize>()
         };
         let nodes = |u: &Vec<NodeId>| 1 + 32 * u.len().min(MAX_NODES);
@@ -622,14 +683,19 @@ mod tests {
         any::<[u8; 16]>().prop_map(MsgId)
     }
     fn update() -> impl Strategy<Value = MemberUpdate> {
-        (node(), any::<u64>(), 0u8..4, proptest::option::of(node())).prop_map(
-            |(node, incarnation, s, accuser)| MemberUpdate {
-                node,
-                state: MemberState {
-                    incarnation,
-                    status: Status::from_u8(s).unwrap_or(Status::Alive),
-                },
-                accuser,
+        (node(), any::<u64>(), 0u8..4, node(), any::<u8>()).prop_map(
+            |(node, incarnation, s, by, fill)| {
+                let status = Status::from_u8(s).unwrap_or(Status::Alive);
+                MemberUpdate {
+                    node,
+                    state: MemberState {
+                        incarnation,
+                        status,
+                    },
+                    sig: [fill; SIGNATURE_LEN],
+                    accuser: matches!(status, Status::Suspect | Status::Dead)
+                        .then_some((by, [fill ^ 0x55; SIGNATURE_LEN])),
+                }
             },
         )
     }
@@ -640,6 +706,7 @@ mod tests {
         let up = |node| MemberUpdate {
             node,
             state: MemberState::alive(1),
+            sig: [0; SIGNATURE_LEN],
             accuser: None,
         };
         let m = Message::PingReq {
@@ -662,7 +729,12 @@ mod tests {
     }
 
     fn message() -> impl Strategy<Value = Message> {
-        let upd = || proptest::collection::vec(update(), 0..=MAX_UPDATES);
+        let upd = || {
+            proptest::collection::vec(update(), 0..=MAX_UPDATES).prop_map(|mut v| {
+                v.truncate(updates_that_fit(&v));
+                v
+            })
+        };
         let nodes = || proptest::collection::vec(node(), 0..=MAX_NODES);
         let ids = || proptest::collection::vec(mid(), 0..=MAX_IDS);
         prop_oneof![

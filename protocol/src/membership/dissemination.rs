@@ -1,7 +1,7 @@
 //! Dissemination of membership updates: a bounded queue of facts piggybacked on SWIM's own
 //! messages (`Ping`, `Ack`, `PingReq`), each sent `lambda * ceil(log2 n)` times.
 
-use crate::wire::{MAX_UPDATES, MemberUpdate};
+use crate::wire::{MAX_UPDATE_BYTES, MAX_UPDATES, MemberUpdate};
 
 /// Updates waiting to be piggybacked, each with the transmissions it has left.
 #[derive(Clone, Debug)]
@@ -44,21 +44,37 @@ impl UpdateQueue {
     }
 
     /// The piggyback list for one message: `first` (own state and any claim about the
-    /// recipient), then queued updates, at most [`MAX_UPDATES`] in all. The queued ones taken
-    /// move to the back (so every update gets its turn) or go once sent often enough.
+    /// recipient), then queued updates, at most [`MAX_UPDATES`] and [`MAX_UPDATE_BYTES`] in
+    /// all. The queued ones taken move to the back (so every update gets its turn) or go once
+    /// sent often enough; one that does not fit in the bytes left waits for the next message.
     pub(crate) fn piggyback(&mut self, first: &[MemberUpdate]) -> Vec<MemberUpdate> {
-        let mut v: Vec<MemberUpdate> = first.iter().take(MAX_UPDATES).copied().collect();
-        let room = MAX_UPDATES - v.len();
-        let take = room.min(self.pending.len());
-        let taken: Vec<(MemberUpdate, u32)> = self.pending.drain(..take).collect();
-        for (u, left) in taken {
-            if !v.iter().any(|x| x.node == u.node) {
-                v.push(u);
-            }
-            if left > 1 {
-                self.pending.push((u, left - 1));
+        let mut v: Vec<MemberUpdate> = Vec::with_capacity(MAX_UPDATES);
+        let mut bytes = 0;
+        for u in first {
+            if v.len() < MAX_UPDATES && bytes + u.encoded_len() <= MAX_UPDATE_BYTES {
+                bytes += u.encoded_len();
+                v.push(*u);
             }
         }
+        let mut waiting = Vec::with_capacity(self.pending.len());
+        let mut taken = Vec::new();
+        for (u, left) in self.pending.drain(..) {
+            let dup = v.iter().any(|x| x.node == u.node);
+            let fits = v.len() < MAX_UPDATES && bytes + u.encoded_len() <= MAX_UPDATE_BYTES;
+            if v.len() < MAX_UPDATES && (dup || fits) {
+                if !dup {
+                    bytes += u.encoded_len();
+                    v.push(u);
+                }
+                if left > 1 {
+                    taken.push((u, left - 1));
+                }
+            } else {
+                waiting.push((u, left));
+            }
+        }
+        waiting.extend(taken);
+        self.pending = waiting;
         v
     }
 
@@ -78,6 +94,7 @@ mod tests {
         MemberUpdate {
             node: NodeId([b; 32]),
             state: MemberState::alive(incarnation),
+            sig: [0; 64],
             accuser: None,
         }
     }

@@ -26,12 +26,14 @@
 //!   refutation, the protocol period; it reports `Change`s for the composed node to route.
 //! - [`table`]: the bounded [`MemberTable`] (views, recently heard members, departed members
 //!   kept for partition healing; the least useful entry is evicted).
-//! - `suspicion`: Lifeguard suspicion timers and confirmations.
+//! - [`statement`]: what a membership fact's signatures cover, and their check.
+//! - `suspicion`: Lifeguard suspicion timers, confirmations and their evidence.
 //! - `dissemination`: the piggyback queue.
 //! - `health`: the local health multiplier.
 
 mod dissemination;
 mod health;
+pub mod statement;
 mod suspicion;
 pub mod swim;
 pub mod table;
@@ -71,6 +73,12 @@ pub struct SwimConfig {
     pub suspect_reprobes: usize,
     /// Most updates waiting for piggyback. Default 64.
     pub max_pending_updates: usize,
+    /// Most new accusations counted from one accuser per [`SwimConfig::accusation_window`];
+    /// more are dropped and counted. Default 32 (an honest member raises at most about one
+    /// suspicion and one death per protocol period).
+    pub max_accusations: u32,
+    /// The window of [`SwimConfig::max_accusations`]. Default 10 s.
+    pub accusation_window: Duration,
 }
 
 impl Default for SwimConfig {
@@ -87,6 +95,8 @@ impl Default for SwimConfig {
             max_lhm: 8,
             suspect_reprobes: 2,
             max_pending_updates: 64,
+            max_accusations: 32,
+            accusation_window: Duration::from_secs(10),
         }
     }
 }
@@ -110,6 +120,20 @@ pub struct SwimStats {
     /// Suspicions shortened by an independent confirmation (another accuser or an own
     /// failed probe).
     pub confirmations: u64,
+    /// Membership statements dropped because a signature did not check out (an unsigned or
+    /// forged self statement, an accusation in another's name or naming an incarnation its
+    /// target never signed).
+    pub invalid_statements: u64,
+    /// Accusations counted (new evidence from a first-hand accuser).
+    pub accusations: u64,
+    /// Accusations dropped because their accuser is not a member this node heard from
+    /// first-hand.
+    pub unknown_accusers: u64,
+    /// Accusations dropped over their accuser's [`SwimConfig::max_accusations`].
+    pub accusations_rate_limited: u64,
+    /// Suspicions whose timer ran out without enough evidence to declare death: this node
+    /// probed the suspect itself first.
+    pub verifications: u64,
 }
 
 /// A membership change reported by [`Swim::poll_change`] for the composed node to act on

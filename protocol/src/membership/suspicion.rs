@@ -7,6 +7,11 @@
 //! update) or this node's own failed probe of the suspect. Relayed copies of one accusation
 //! are not independent and do not count (counting them made false deaths under 20% loss ~50x
 //! more frequent in the simulator).
+//!
+//! A timer running out is not enough to remove a member: the suspicion records its evidence
+//! (the distinct accusers, and whether this node's own probe failed) and the state machine
+//! declares the suspect dead only on evidence a single Byzantine member cannot manufacture
+//! (see [`crate::membership::swim`]).
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -24,10 +29,43 @@ pub(crate) struct Suspicion {
     pub started: Instant,
     /// When the suspect is declared dead unless it refutes first.
     pub deadline: Instant,
-    /// Who raised it (from the update's accuser, or this node).
-    pub accuser: Option<NodeId>,
-    /// Independent confirmations (other accusers, or this node's own failed probe).
-    pub confirmers: Vec<NodeId>,
+    /// Distinct members that accused the suspect at this incarnation, first one first
+    /// (this node is not among them; see `own`). At most [`MAX_ACCUSERS`].
+    pub accusers: Vec<NodeId>,
+    /// This node's own probe of the suspect (direct and indirect) failed at this incarnation.
+    pub own: bool,
+    /// Times the timer ran out without enough evidence (each time this node probes the
+    /// suspect itself before deciding).
+    pub verifications: u32,
+}
+
+/// Most accusers remembered per suspicion (a quorum of `f + 1` is looked for only among
+/// them; the member table holds at most a few hundred members).
+pub(crate) const MAX_ACCUSERS: usize = 128;
+
+impl Suspicion {
+    /// A suspicion of a member at `incarnation` from `now`, raised by `accuser` (`None`: by
+    /// this node's own failed probe).
+    pub(crate) fn new(
+        incarnation: u64,
+        now: Instant,
+        timeout: Duration,
+        accuser: Option<NodeId>,
+    ) -> Self {
+        Suspicion {
+            incarnation,
+            started: now,
+            deadline: now + timeout,
+            accusers: accuser.into_iter().collect(),
+            own: accuser.is_none(),
+            verifications: 0,
+        }
+    }
+
+    /// Independent confirmations beyond the first piece of evidence.
+    fn confirmations(&self) -> u32 {
+        (self.accusers.len() as u32 + self.own as u32).saturating_sub(1)
+    }
 }
 
 /// The suspicion timeout for a mesh of `n` members after `c` independent confirmations.
@@ -88,50 +126,71 @@ impl Suspicions {
         }
     }
 
-    /// Removes and returns the suspicions whose deadline has passed, as `(suspect,
-    /// incarnation)` in id order.
-    pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<(NodeId, u64)> {
+    /// The suspicion of `n`, if any.
+    pub(crate) fn get(&self, n: &NodeId) -> Option<&Suspicion> {
+        self.by_node.get(n)
+    }
+
+    /// Removes and returns the suspicions whose deadline has passed, in id order.
+    pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<(NodeId, Suspicion)> {
         if self.next_deadline() > now {
             return Vec::new();
         }
-        let expired: Vec<(NodeId, u64)> = self
+        let expired: Vec<NodeId> = self
             .by_node
             .iter()
             .filter(|(_, s)| s.deadline <= now)
-            .map(|(n, s)| (*n, s.incarnation))
+            .map(|(n, _)| *n)
             .collect();
-        for (n, _) in &expired {
-            self.remove(n);
-        }
+        self.earliest.set(None);
         expired
+            .into_iter()
+            .filter_map(|n| self.by_node.remove(&n).map(|s| (n, s)))
+            .collect()
     }
 
-    /// Counts `by` as a confirmation of the suspicion of `node` at `incarnation` if it is
-    /// independent and fewer than `k` were counted; the deadline moves to `started +
-    /// timeout(confirmations)`. Returns whether it counted.
+    /// Moves the deadline of the suspicion of `node` at `incarnation` to `started + min` if
+    /// that is earlier (another member declared it dead).
+    pub(crate) fn hurry(&mut self, node: &NodeId, incarnation: u64, min: Duration) {
+        if let Some(s) = self.by_node.get_mut(node)
+            && s.incarnation == incarnation
+            && s.started + min < s.deadline
+        {
+            s.deadline = s.started + min;
+            self.earliest.set(None);
+        }
+    }
+
+    /// Records `by` (`None`: this node's own failed probe) as evidence for the suspicion of
+    /// `node` at `incarnation` if it is new: another accuser, or the first own failure. The
+    /// first `k` independent confirmations move the deadline to `started +
+    /// timeout(confirmations)`. Returns whether it was new.
     pub(crate) fn confirm(
         &mut self,
         node: NodeId,
         incarnation: u64,
-        by: NodeId,
+        by: Option<NodeId>,
         k: usize,
         timeout: impl FnOnce(u32) -> Duration,
     ) -> bool {
         let Some(s) = self.by_node.get_mut(&node) else {
             return false;
         };
-        if s.incarnation != incarnation
-            || by == node
-            || s.accuser == Some(by)
-            || s.confirmers.contains(&by)
-            || s.confirmers.len() >= k
-        {
+        if s.incarnation != incarnation {
             return false;
         }
-        let t = timeout(s.confirmers.len() as u32 + 1);
-        s.confirmers.push(by);
-        s.deadline = s.started + t;
-        self.earliest.set(None);
+        match by {
+            None if s.own => return false,
+            None => s.own = true,
+            Some(b) if b == node || s.accusers.contains(&b) => return false,
+            Some(_) if s.accusers.len() >= MAX_ACCUSERS => return false,
+            Some(b) => s.accusers.push(b),
+        }
+        let c = s.confirmations();
+        if c as usize <= k && c > 0 {
+            s.deadline = s.deadline.min(s.started + timeout(c));
+            self.earliest.set(None);
+        }
         true
     }
 }
@@ -162,26 +221,27 @@ mod tests {
         let start = Instant::from_nanos(1_000);
         s.insert(
             n(1),
-            Suspicion {
-                incarnation: 3,
-                started: start,
-                deadline: start + Duration::from_secs(30),
-                accuser: Some(n(2)),
-                confirmers: Vec::new(),
-            },
+            Suspicion::new(3, start, Duration::from_secs(30), Some(n(2))),
         );
         let t = |c: u32| Duration::from_secs(30 / (c as u64 + 1));
-        assert!(!s.confirm(n(1), 3, n(2), 3, t), "the accuser itself");
-        assert!(!s.confirm(n(1), 3, n(1), 3, t), "the suspect");
-        assert!(!s.confirm(n(1), 2, n(3), 3, t), "another incarnation");
-        assert!(s.confirm(n(1), 3, n(3), 3, t));
-        assert!(!s.confirm(n(1), 3, n(3), 3, t), "the same confirmer twice");
-        assert_eq!(s.next_deadline(), start + Duration::from_secs(15));
-        assert!(s.take_expired(start + Duration::from_secs(14)).is_empty());
-        assert_eq!(
-            s.take_expired(start + Duration::from_secs(15)),
-            vec![(n(1), 3)]
+        assert!(!s.confirm(n(1), 3, Some(n(2)), 3, t), "the accuser itself");
+        assert!(!s.confirm(n(1), 3, Some(n(1)), 3, t), "the suspect");
+        assert!(!s.confirm(n(1), 2, Some(n(3)), 3, t), "another incarnation");
+        assert!(s.confirm(n(1), 3, Some(n(3)), 3, t));
+        assert!(
+            !s.confirm(n(1), 3, Some(n(3)), 3, t),
+            "the same confirmer twice"
         );
+        assert_eq!(s.next_deadline(), start + Duration::from_secs(15));
+        assert!(s.confirm(n(1), 3, None, 3, t), "own failed probe");
+        assert!(!s.confirm(n(1), 3, None, 3, t), "own failure counts once");
+        assert_eq!(s.next_deadline(), start + Duration::from_secs(10));
+        assert!(s.take_expired(start + Duration::from_secs(9)).is_empty());
+        let due = s.take_expired(start + Duration::from_secs(10));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0, n(1));
+        assert_eq!(due[0].1.accusers, vec![n(2), n(3)]);
+        assert!(due[0].1.own);
         assert!(s.suspects().is_empty());
         assert_eq!(s.next_deadline(), Instant::MAX);
     }

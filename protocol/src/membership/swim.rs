@@ -4,8 +4,31 @@
 //! and reports membership changes as `Change`s for [`crate::Node`] to route to the other
 //! cores (the views drop dead members, the heal logic reconnects returning ones).
 //!
-//! Like every core: `now` is an argument, the RNG is lent per call, messages go to an
-//! outbox, and changes are polled with `Swim::poll_change`.
+//! Like every core: `now` is an argument, the RNG and the [`Authenticator`] are lent per
+//! call, messages go to an outbox, and changes are polled with `Swim::poll_change`.
+//!
+//! ## Byzantine members
+//! Every fact is a signed statement (see [`super::statement`]); one that fails verification
+//! is dropped and counted ([`super::SwimStats::invalid_statements`]). Signatures are checked
+//! only for facts that would change something here, so a flood of stale copies costs a
+//! comparison each.
+//! - A member's `Alive` and `Left` are believed only when it signed them itself.
+//! - An accusation (`Suspect`/`Dead` about another member) counts only when its accuser is a
+//!   member this node heard from first-hand, at most once per accuser, target and
+//!   incarnation, and within [`super::SwimConfig::max_accusations`] new accusations per
+//!   accuser and [`super::SwimConfig::accusation_window`]. Its incarnation must be one the
+//!   target signed (the accusation carries that signature), so the target can always refute
+//!   with `Alive(i + 1)`; nothing pushes an incarnation to `u64::MAX`.
+//! - Another member's `Dead` claim is an accusation, not a removal: it starts or confirms a
+//!   suspicion here. When a suspicion's timer runs out, the suspect is declared dead only if
+//!   this node's own probe (direct and indirect) failed at that incarnation, or if at least
+//!   `f + 1` distinct first-hand members accused it, `f = floor((n - 1) / 3)` with `n` the
+//!   larger of the size hint and the members known. Otherwise this node probes the suspect
+//!   itself first (the probe carries the claim, so a live suspect refutes); a lone accuser
+//!   never expels anyone.
+//! - A restarted member (incarnation 0) learns the highest incarnation signed or claimed
+//!   about it from the first member that holds one (its answer carries that statement when
+//!   the member spoke of itself below it) and signs above it.
 
 use std::collections::VecDeque;
 
@@ -14,9 +37,11 @@ use rand::seq::SliceRandom;
 
 use super::dissemination::UpdateQueue;
 use super::health::LocalHealth;
+use super::statement::{self, is_self_claim};
 use super::suspicion::{self, Suspicion, Suspicions};
 use super::table::{Applied, MemberTable};
 use super::{Change, SwimConfig, SwimStats};
+use crate::auth::{Authenticator, Signature};
 use crate::heal::{MemberState, Status};
 use crate::id::NodeId;
 use crate::time::{Duration, Instant, jittered};
@@ -25,6 +50,9 @@ use crate::wire::{MemberUpdate, Message};
 
 /// Most indirect probes relayed for others at once.
 const MAX_RELAYS: usize = 32;
+
+/// Most suspects waiting for this node's own probe.
+const MAX_VERIFY: usize = 16;
 
 /// This node's probe of the current protocol period.
 #[derive(Clone, Debug)]
@@ -59,6 +87,10 @@ pub struct Swim {
     cfg: SwimConfig,
     me: NodeId,
     incarnation: u64,
+    /// This node's signature over `Alive(incarnation)`.
+    my_sig: Signature,
+    /// Suspects whose timer ran out without enough evidence: probed first, in order.
+    verify: Vec<NodeId>,
     health: LocalHealth,
     seq: u32,
     members: MemberTable,
@@ -83,7 +115,8 @@ pub struct Swim {
 impl Swim {
     /// A detector for `me` at `incarnation` over `members`, first probe at `first_probe`.
     /// `size_hint` is the expected mesh size; `window` how long a dead member still counts as
-    /// expected and recent.
+    /// expected and recent. `auth` signs as `me`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: SwimConfig,
         me: NodeId,
@@ -92,8 +125,11 @@ impl Swim {
         members: MemberTable,
         size_hint: u64,
         window: Duration,
+        auth: &dyn Authenticator,
     ) -> Self {
         Swim {
+            my_sig: statement::sign_self(auth, me, MemberState::alive(incarnation)).sig,
+            verify: Vec::new(),
             health: LocalHealth::new(cfg.max_lhm),
             updates: UpdateQueue::new(cfg.retransmit_mult, cfg.max_pending_updates),
             announce_joins: size_hint <= members.capacity() as u64,
@@ -180,14 +216,27 @@ impl Swim {
 
     /// A `Ping` from `from`: answer with an `Ack`. (Its updates go through [`Swim::apply`]
     /// first.)
-    pub(crate) fn on_ping(&mut self, from: NodeId, seq: u32, out: &mut Outbox) {
-        let updates = self.piggyback_for(&from);
+    pub(crate) fn on_ping(
+        &mut self,
+        from: NodeId,
+        seq: u32,
+        out: &mut Outbox,
+        auth: &dyn Authenticator,
+    ) {
+        let updates = self.piggyback_for(&from, auth);
         out.push_back((from, Message::Ack { seq, updates }));
     }
 
     /// An `Ack` from `from`: closes this node's probe, or completes a relay (the ack goes on
     /// to the member that asked).
-    pub(crate) fn on_ack(&mut self, now: Instant, from: NodeId, seq: u32, out: &mut Outbox) {
+    pub(crate) fn on_ack(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        seq: u32,
+        out: &mut Outbox,
+        auth: &dyn Authenticator,
+    ) {
         if let Some(p) = &mut self.probe
             && p.seq == seq
             && !p.acked
@@ -206,7 +255,7 @@ impl Swim {
             .position(|r| r.seq == seq && r.target == from)
         {
             let r = self.relays.swap_remove(i);
-            let updates = self.piggyback_for(&r.origin);
+            let updates = self.piggyback_for(&r.origin, auth);
             out.push_back((
                 r.origin,
                 Message::Ack {
@@ -226,9 +275,10 @@ impl Swim {
         seq: u32,
         target: NodeId,
         out: &mut Outbox,
+        auth: &dyn Authenticator,
     ) {
         if target == self.me {
-            let updates = self.piggyback_for(&from);
+            let updates = self.piggyback_for(&from, auth);
             out.push_back((from, Message::Ack { seq, updates }));
         } else if self.relays.len() < MAX_RELAYS {
             let my_seq = self.next_seq();
@@ -242,7 +292,7 @@ impl Swim {
                 nack_at: now + timeout / 2,
                 nacked: false,
             });
-            let updates = self.piggyback_for(&target);
+            let updates = self.piggyback_for(&target, auth);
             out.push_back((
                 target,
                 Message::Ping {
@@ -265,90 +315,281 @@ impl Swim {
 
     /// A `Ping` to `to` outside the probe cycle (heal probes, hints), carrying the usual
     /// piggyback (so a claim about `to` reaches it).
-    pub(crate) fn ping(&mut self, to: NodeId, out: &mut Outbox) {
+    pub(crate) fn ping(&mut self, to: NodeId, out: &mut Outbox, auth: &dyn Authenticator) {
         let seq = self.next_seq();
-        let updates = self.piggyback_for(&to);
+        let updates = self.piggyback_for(&to, auth);
         out.push_back((to, Message::Ping { seq, updates }));
     }
 
     /// If this node believes `from` is not alive, pings it with that claim so it refutes.
-    pub(crate) fn hint_if_not_alive(&mut self, from: NodeId, out: &mut Outbox) {
+    pub(crate) fn hint_if_not_alive(
+        &mut self,
+        from: NodeId,
+        out: &mut Outbox,
+        auth: &dyn Authenticator,
+    ) {
         if self
             .members
             .get(&from)
             .is_some_and(|e| e.state.status != Status::Alive)
         {
-            self.ping(from, out);
+            self.ping(from, out, auth);
+        }
+    }
+
+    /// This node is leaving: its signed `Left` to each of `to` (a `Ping` carrying only that
+    /// statement, so the neighbours can pass the departure on), before the `Disconnect`s.
+    pub(crate) fn farewell(&mut self, to: &[NodeId], out: &mut Outbox, auth: &dyn Authenticator) {
+        let left = statement::sign_self(
+            auth,
+            self.me,
+            MemberState {
+                incarnation: self.incarnation,
+                status: Status::Left,
+            },
+        );
+        for t in to {
+            let seq = self.next_seq();
+            out.push_back((
+                *t,
+                Message::Ping {
+                    seq,
+                    updates: vec![left],
+                },
+            ));
         }
     }
 
     // ----- membership facts -----------------------------------------------------------------
 
-    /// Applies one membership fact (piggybacked, or local). A claim about this node that is
-    /// not `Alive` at its incarnation is refuted. `active` is the active view (its members
-    /// are never evicted from the table, and only they may evict others).
-    pub(crate) fn apply(&mut self, now: Instant, u: MemberUpdate, active: &[NodeId]) {
+    /// Applies one signed membership fact piggybacked on a message from `from` (its
+    /// authenticated sender). A claim about this node that is not `Alive` at its incarnation
+    /// is refuted. `active` is the active view (its members are never evicted from the table,
+    /// and only they may evict others). Unsigned or badly signed facts are dropped and
+    /// counted; see the module docs for what an accusation needs to count.
+    pub(crate) fn apply(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        u: MemberUpdate,
+        active: &[NodeId],
+        auth: &dyn Authenticator,
+    ) {
         if u.node == self.me {
-            let mine = self.self_update().state;
-            if mine.is_superseded_by(&u.state) {
-                self.incarnation = u.state.incarnation.saturating_add(1);
-                self.stats.refutations += 1;
-                self.health.worse();
-                let n = self.n_est();
-                self.updates.enqueue(self.self_update(), n);
-                self.changes.push_back(Change::Refuted {
-                    incarnation: self.incarnation,
-                });
+            self.apply_about_me(u, auth);
+        } else if is_self_claim(u.state.status) {
+            self.apply_self_claim(now, from, u, active, auth);
+        } else {
+            self.apply_accusation(now, u, active, auth);
+        }
+    }
+
+    /// A claim about this node: refuted when it is not `Alive` at this incarnation, once its
+    /// signatures check out (an accusation's proof is this node's own earlier signature, so
+    /// the claim's incarnation is one this node signed, in this life or a previous one).
+    fn apply_about_me(&mut self, u: MemberUpdate, auth: &dyn Authenticator) {
+        let mine = MemberState::alive(self.incarnation);
+        if !mine.is_superseded_by(&u.state) {
+            return;
+        }
+        if statement::verify(auth, &u).is_err() {
+            self.stats.invalid_statements += 1;
+            return;
+        }
+        self.incarnation = u.state.incarnation.saturating_add(1);
+        self.my_sig = statement::sign_self(auth, self.me, mine_at(self.incarnation)).sig;
+        self.stats.refutations += 1;
+        self.health.worse();
+        let n = self.n_est();
+        self.updates.enqueue(self.self_update(), n);
+        self.changes.push_back(Change::Refuted {
+            incarnation: self.incarnation,
+        });
+    }
+
+    /// `u.node`'s own `Alive` or `Left`: believed only with its own signature.
+    fn apply_self_claim(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        u: MemberUpdate,
+        active: &[NodeId],
+        auth: &dyn Authenticator,
+    ) {
+        let first_hand = from == u.node;
+        let alive = u.state.status == Status::Alive;
+        let (changes, new_proof) = match self.members.get(&u.node) {
+            None => (true, alive),
+            Some(e) => (
+                e.state.is_superseded_by(&u.state),
+                alive && e.alive_sig.is_none_or(|(i, _)| i < u.state.incarnation),
+            ),
+        };
+        if !changes && !new_proof {
+            if let Some(e) = self.members.get_mut(&u.node) {
+                if first_hand && e.alive_sig.is_some_and(|(_, s)| s == u.sig) {
+                    e.direct = true;
+                }
+                // a restarted member speaking of itself below what this node holds
+                if first_hand && u.state.incarnation < e.state.incarnation {
+                    e.behind = true;
+                }
             }
             return;
         }
-        let evict = active.contains(&u.node);
-        match self
+        if statement::verify(auth, &u).is_err() {
+            self.stats.invalid_statements += 1;
+            return;
+        }
+        let unannounced = self
             .members
-            .apply(now, u.node, u.state, self.window, evict, |x| {
-                active.contains(x)
-            }) {
-            Applied::Changed { old } => {
-                let accuser = u.accuser.filter(|a| *a != u.node);
-                self.member_changed(now, u.node, old, u.state, accuser)
+            .get(&u.node)
+            .is_none_or(|e| e.alive_sig.is_none());
+        let evict = active.contains(&u.node);
+        let applied = if changes {
+            self.members
+                .apply(now, u.node, u.state, self.window, evict, |x| {
+                    active.contains(x)
+                })
+        } else {
+            Applied::Unchanged
+        };
+        let Some(e) = self.members.get_mut(&u.node) else {
+            return;
+        };
+        if alive && e.alive_sig.is_none_or(|(i, _)| i < u.state.incarnation) {
+            e.alive_sig = Some((u.state.incarnation, u.sig));
+        }
+        if u.state.status == Status::Left && e.state == u.state {
+            e.left_sig = Some(u.sig);
+        }
+        if first_hand {
+            e.direct = true;
+            if u.state.incarnation >= e.state.incarnation {
+                e.behind = false;
             }
-            Applied::Unchanged => {
-                // Lifeguard: another member's probe failed too: an independent confirmation
-                if u.state.status == Status::Suspect
-                    && let Some(a) = u.accuser
-                {
-                    self.confirm_suspicion(u.node, u.state.incarnation, a);
-                }
+        }
+        match applied {
+            Applied::Changed { old } => self.member_changed(now, u.node, old, u.state, Some(u)),
+            Applied::Unchanged if unannounced && alive && e.state == u.state => {
+                self.announce_join(u)
             }
+            Applied::Unchanged => {}
         }
     }
 
-    /// `node` said it is leaving (graceful `Disconnect`): it is `Left` at its incarnation.
+    /// An accusation (`Suspect` or `Dead`) about another member: evidence for a suspicion
+    /// here, never a removal on its own.
+    fn apply_accusation(
+        &mut self,
+        now: Instant,
+        u: MemberUpdate,
+        active: &[NodeId],
+        auth: &dyn Authenticator,
+    ) {
+        let Some((by, _)) = u.accuser else {
+            self.stats.invalid_statements += 1;
+            return;
+        };
+        if by == self.me {
+            return; // our own accusation, back from a relay
+        }
+        let suspect = MemberState {
+            incarnation: u.state.incarnation,
+            status: Status::Suspect,
+        };
+        // would it change anything here? (checked before any signature)
+        let min = self.suspicion_timeout(self.n_est(), self.cfg.suspicion_confirmations);
+        let dead = u.state.status == Status::Dead;
+        let relevant = match self.members.get(&u.node) {
+            None => true,
+            Some(e) if e.state.is_superseded_by(&suspect) => true,
+            Some(e) if e.state == suspect => self.suspicions.get(&u.node).is_some_and(|s| {
+                s.incarnation == suspect.incarnation
+                    && (!s.accusers.contains(&by) || (dead && s.started + min < s.deadline))
+            }),
+            Some(_) => false,
+        };
+        if !relevant {
+            return;
+        }
+        let window = self.cfg.accusation_window;
+        let max = self.cfg.max_accusations;
+        let Some(acc) = self
+            .members
+            .get_mut(&by)
+            .filter(|e| e.direct && matches!(e.state.status, Status::Alive | Status::Suspect))
+        else {
+            self.stats.unknown_accusers += 1;
+            return;
+        };
+        if now.saturating_since(acc.accusations.0) >= window {
+            acc.accusations = (now, 0);
+        }
+        if acc.accusations.1 >= max {
+            self.stats.accusations_rate_limited += 1;
+            return;
+        }
+        if statement::verify(auth, &u).is_err() {
+            self.stats.invalid_statements += 1;
+            return;
+        }
+        if let Some(acc) = self.members.get_mut(&by) {
+            acc.accusations.1 += 1;
+        }
+        self.stats.accusations += 1;
+        let evict = active.contains(&u.node);
+        match self
+            .members
+            .apply(now, u.node, suspect, self.window, evict, |x| {
+                active.contains(x)
+            }) {
+            Applied::Changed { old } => {
+                self.record_proof(&u.node, u.state.incarnation, u.sig);
+                self.suspect(now, u.node, old, suspect, Some(by), Some(u));
+            }
+            Applied::Unchanged => {
+                self.record_proof(&u.node, u.state.incarnation, u.sig);
+                // Lifeguard: another member's probe failed too: an independent confirmation
+                if self.confirm_suspicion(u.node, suspect.incarnation, Some(by)) {
+                    let n = self.n_est();
+                    self.updates.enqueue(u, n);
+                }
+            }
+        }
+        if dead {
+            // another member's timer ran out: ours runs for the minimum at most (still no
+            // death here without this node's own failed probe or a quorum of accusers)
+            self.suspicions.hurry(&u.node, suspect.incarnation, min);
+        }
+    }
+
+    /// `node` said it is leaving (graceful `Disconnect`, from `node` itself): it is `Left` at
+    /// its incarnation here. (Its signed `Left`, which others believe, came just before.)
     pub(crate) fn on_left(&mut self, now: Instant, node: NodeId, active: &[NodeId]) {
         let incarnation = self.members.get(&node).map_or(0, |e| e.state.incarnation);
-        self.apply(
-            now,
-            MemberUpdate {
-                node,
-                state: MemberState {
-                    incarnation,
-                    status: Status::Left,
-                },
-                accuser: None,
-            },
-            active,
-        );
+        let left = MemberState {
+            incarnation,
+            status: Status::Left,
+        };
+        let evict = active.contains(&node);
+        if let Applied::Changed { old } =
+            self.members
+                .apply(now, node, left, self.window, evict, |x| active.contains(x))
+        {
+            self.member_changed(now, node, old, left, None);
+        }
     }
 
     /// Makes sure `n` has an entry (a neighbour, a contact, a probe target), evicting if the
-    /// table is full.
+    /// table is full. The entry is a local placeholder, `Alive(0)` without a signature: it is
+    /// announced to others only once `n`'s own signed statement arrives.
     pub(crate) fn ensure_member(&mut self, now: Instant, n: NodeId, active: &[NodeId]) {
         if n != self.me && self.members.get(&n).is_none() {
             self.members
                 .apply(now, n, MemberState::alive(0), self.window, true, |x| {
                     active.contains(x)
                 });
-            self.announce_join(n, MemberState::alive(0));
         }
     }
 
@@ -356,13 +597,15 @@ impl Swim {
 
     /// Timer work other than the protocol period: indirect probes once the direct ack is
     /// late (through members of `active`), suspicions that ran out (the suspect is declared
-    /// dead), `Nack`s for relays whose target stays silent.
+    /// dead on enough evidence, else probed by this node first), `Nack`s for relays whose
+    /// target stays silent.
     pub(crate) fn on_timeout<R: RngCore>(
         &mut self,
         now: Instant,
         active: &[NodeId],
         rng: &mut R,
         out: &mut Outbox,
+        auth: &dyn Authenticator,
     ) {
         if let Some(p) = &self.probe
             && !p.acked
@@ -376,7 +619,7 @@ impl Swim {
             helpers.truncate(self.cfg.indirect_probes);
             let asked = u8::try_from(helpers.len()).unwrap_or(u8::MAX);
             for h in helpers {
-                let updates = self.piggyback_for(&h);
+                let updates = self.piggyback_for(&h, auth);
                 out.push_back((
                     h,
                     Message::PingReq {
@@ -391,25 +634,35 @@ impl Swim {
                 p.indirect = asked;
             }
         }
-        for (n, incarnation) in self.suspicions.take_expired(now) {
+        for (n, mut s) in self.suspicions.take_expired(now) {
             let suspect = MemberState {
-                incarnation,
+                incarnation: s.incarnation,
                 status: Status::Suspect,
             };
-            if self.members.get(&n).is_some_and(|e| e.state == suspect) {
+            if self.members.get(&n).is_none_or(|e| e.state != suspect) {
+                continue;
+            }
+            if self.enough_evidence(&s) {
                 self.stats.declared_dead += 1;
-                self.apply(
-                    now,
-                    MemberUpdate {
-                        node: n,
-                        state: MemberState {
-                            incarnation,
-                            status: Status::Dead,
-                        },
-                        accuser: None,
-                    },
-                    active,
-                );
+                let dead = MemberState {
+                    incarnation: s.incarnation,
+                    status: Status::Dead,
+                };
+                let evict = active.contains(&n);
+                if let Applied::Changed { old } =
+                    self.members
+                        .apply(now, n, dead, self.window, evict, |x| active.contains(x))
+                {
+                    let fact = self.accusation(n, dead, auth);
+                    self.member_changed(now, n, old, dead, fact);
+                }
+            } else {
+                // no own failed probe and no quorum of accusers: probe it ourselves first
+                self.stats.verifications += 1;
+                s.verifications += 1;
+                s.deadline = now + self.health.scale(self.cfg.probe_interval) * 2;
+                self.suspicions.insert(n, s);
+                self.queue_verification(n);
             }
         }
         // Lifeguard: tell requesters whose target stays silent that we are here
@@ -423,9 +676,10 @@ impl Swim {
     }
 
     /// The protocol period: closes the last probe (an unanswered one raises or confirms a
-    /// suspicion), pings the next member of the round-robin order (`active` plus a few of
-    /// `passive`), re-probes a few suspects (4x as many while `boosted`), and schedules the
-    /// next period.
+    /// suspicion), pings the next member (a suspect awaiting this node's own verdict first,
+    /// else the round-robin order over `active` plus a few of `passive`), re-probes a few
+    /// suspects (4x as many while `boosted`), and schedules the next period.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn probe_tick<R: RngCore>(
         &mut self,
         now: Instant,
@@ -434,16 +688,18 @@ impl Swim {
         boosted: bool,
         rng: &mut R,
         out: &mut Outbox,
+        auth: &dyn Authenticator,
     ) {
         if let Some(p) = self.probe.take()
             && !p.acked
         {
-            self.close_failed_probe(now, &p, active);
+            self.close_failed_probe(now, &p, active, auth);
         }
-        if let Some(target) = self.pick_probe_target(active, passive, rng) {
+        let verify = self.next_verification();
+        if let Some(target) = verify.or_else(|| self.pick_probe_target(active, passive, rng)) {
             self.ensure_member(now, target, active);
             let seq = self.next_seq();
-            let updates = self.piggyback_for(&target);
+            let updates = self.piggyback_for(&target, auth);
             out.push_back((target, Message::Ping { seq, updates }));
             self.probe = Some(Probe {
                 target,
@@ -462,7 +718,7 @@ impl Swim {
         suspects.shuffle(rng);
         let reprobes = self.cfg.suspect_reprobes * if boosted { 4 } else { 1 };
         for s in suspects.into_iter().take(reprobes) {
-            self.ping(s, out);
+            self.ping(s, out, auth);
         }
         self.next_probe = now + jittered(self.health.scale(self.cfg.probe_interval), 10, rng);
     }
@@ -482,48 +738,108 @@ impl Swim {
         MemberUpdate {
             node: self.me,
             state: MemberState::alive(self.incarnation),
+            sig: self.my_sig,
             accuser: None,
         }
     }
 
-    /// Piggyback for a message to `to`: own state, any non-alive claim about `to`, queued
-    /// updates.
-    fn piggyback_for(&mut self, to: &NodeId) -> Vec<MemberUpdate> {
-        let mut first = vec![self.self_update()];
-        if let Some(e) = self.members.get(to)
-            && e.state.status != Status::Alive
+    /// Whether a suspicion that ran out may end in death here: this node's own probe failed
+    /// at that incarnation, or at least `f + 1` distinct first-hand members accused it
+    /// (`f = floor((n - 1) / 3)`, `n` the size hint or the members known, the larger), so at
+    /// least one of them is honest when at most `f` are Byzantine.
+    fn enough_evidence(&self, s: &Suspicion) -> bool {
+        if s.own {
+            return true;
+        }
+        let f = (self.n_est() - 1) / 3;
+        let first_hand = s
+            .accusers
+            .iter()
+            .filter(|a| self.members.get(a).is_some_and(|e| e.direct))
+            .count() as u64;
+        first_hand > f
+    }
+
+    /// The next suspect awaiting this node's own probe, if it is still suspected.
+    fn next_verification(&mut self) -> Option<NodeId> {
+        while !self.verify.is_empty() {
+            let n = self.verify.remove(0);
+            if self.suspicions.get(&n).is_some() {
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sig` as `node`'s proof of `Alive(incarnation)` if it is the highest known.
+    fn record_proof(&mut self, node: &NodeId, incarnation: u64, sig: Signature) {
+        if let Some(e) = self.members.get_mut(node)
+            && e.alive_sig.is_none_or(|(i, _)| i < incarnation)
         {
-            first.push(MemberUpdate {
-                node: *to,
-                state: e.state,
-                accuser: None,
-            });
+            e.alive_sig = Some((incarnation, sig));
+        }
+    }
+
+    /// This node's signed accusation that `node` is in `state`, if it holds `node`'s own
+    /// signature for that incarnation (without it, the claim stays local).
+    fn accusation(
+        &self,
+        node: NodeId,
+        state: MemberState,
+        auth: &dyn Authenticator,
+    ) -> Option<MemberUpdate> {
+        let (i, proof) = self.members.get(&node)?.alive_sig?;
+        (i == state.incarnation)
+            .then(|| statement::sign_accusation(auth, self.me, node, state, proof))
+    }
+
+    /// Piggyback for a message to `to`: own state, any non-alive claim about `to` (or what
+    /// this node holds about `to` when it spoke of itself below that), queued updates.
+    fn piggyback_for(&mut self, to: &NodeId, auth: &dyn Authenticator) -> Vec<MemberUpdate> {
+        let mut first = vec![self.self_update()];
+        if let Some(e) = self.members.get(to).copied() {
+            let about = match e.state.status {
+                Status::Suspect | Status::Dead => self.accusation(*to, e.state, auth),
+                Status::Left => e.left_sig.map(|sig| MemberUpdate {
+                    node: *to,
+                    state: e.state,
+                    sig,
+                    accuser: None,
+                }),
+                Status::Alive if e.behind => e.alive_sig.map(|(i, sig)| MemberUpdate {
+                    node: *to,
+                    state: MemberState::alive(i),
+                    sig,
+                    accuser: None,
+                }),
+                Status::Alive => None,
+            };
+            if e.behind
+                && let Some(m) = self.members.get_mut(to)
+            {
+                m.behind = false;
+            }
+            first.extend(about);
         }
         self.updates.piggyback(&first)
     }
 
     /// Classic SWIM join dissemination, only while the whole mesh fits one member table
     /// (`size_hint <= capacity`): every member then learns every other within a few protocol
-    /// periods. Beyond that, tables stay partial by design and joins are not announced.
-    fn announce_join(&mut self, node: NodeId, state: MemberState) {
+    /// periods. Beyond that, tables stay partial by design and joins are not announced. Only
+    /// the member's own signed `Alive` is announced.
+    fn announce_join(&mut self, u: MemberUpdate) {
         if self.announce_joins {
             let n = self.n_est();
-            self.updates.enqueue(
-                MemberUpdate {
-                    node,
-                    state,
-                    accuser: None,
-                },
-                n,
-            );
+            self.updates.enqueue(u, n);
         }
     }
 
-    /// Lifeguard confirmation of the suspicion about `node` at `incarnation` by `by` (this
-    /// node's own failed probe, or another member's accusation): each distinct confirmer
-    /// shortens the timeout, down to the minimum at `suspicion_confirmations`. Returns whether
-    /// it counted.
-    fn confirm_suspicion(&mut self, node: NodeId, incarnation: u64, by: NodeId) -> bool {
+    /// Lifeguard confirmation of the suspicion about `node` at `incarnation` by `by` (`None`:
+    /// this node's own failed probe; else another member's accusation): each distinct
+    /// confirmer shortens the timeout, down to the minimum at `suspicion_confirmations`, and
+    /// is evidence at expiry. Returns whether it counted.
+    fn confirm_suspicion(&mut self, node: NodeId, incarnation: u64, by: Option<NodeId>) -> bool {
         let k = self.cfg.suspicion_confirmations as usize;
         let n = self.n_est();
         let cfg = &self.cfg;
@@ -536,50 +852,59 @@ impl Swim {
         counted
     }
 
-    /// The table changed `node` from `old` to `new`: queue the fact for dissemination, start
-    /// or end its suspicion, and report the change.
-    fn member_changed(
+    /// The table made `node` a suspect (from `old`): start its suspicion, raised by `accuser`
+    /// (`None`: this node's own failed probe), and disseminate `fact`.
+    fn suspect(
         &mut self,
         now: Instant,
         node: NodeId,
         old: Option<MemberState>,
         new: MemberState,
         accuser: Option<NodeId>,
+        fact: Option<MemberUpdate>,
     ) {
+        self.member_changed(now, node, old, new, fact);
+        let timeout = self.suspicion_timeout(self.n_est(), 0);
+        self.suspicions
+            .insert(node, Suspicion::new(new.incarnation, now, timeout, accuser));
+        if accuser.is_some() {
+            // another member's claim: probe the suspect ourselves soon (evidence if it is
+            // gone, and the probe carries the claim, so a live suspect refutes at once)
+            self.queue_verification(node);
+        }
+    }
+
+    /// Puts `node` in line for this node's own probe (at most [`MAX_VERIFY`] wait).
+    fn queue_verification(&mut self, node: NodeId) {
+        if self.verify.len() < MAX_VERIFY && !self.verify.contains(&node) {
+            self.verify.push(node);
+        }
+    }
+
+    /// The table changed `node` from `old` to `new`: queue the signed `fact` for
+    /// dissemination (a non-alive state, a return, or a join), end its suspicion if it is no
+    /// longer suspected, and report the change.
+    fn member_changed(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        old: Option<MemberState>,
+        new: MemberState,
+        fact: Option<MemberUpdate>,
+    ) {
+        let _ = now;
         let n = self.n_est();
-        if new.status != Status::Alive || old.is_some_and(|o| o.status != Status::Alive) {
-            let accuser = if new.status == Status::Suspect {
-                accuser
-            } else {
-                None
-            };
-            self.updates.enqueue(
-                MemberUpdate {
-                    node,
-                    state: new,
-                    accuser,
-                },
-                n,
-            );
-        } else if old.is_none() {
-            self.announce_join(node, new);
+        if let Some(fact) = fact {
+            if new.status != Status::Alive || old.is_some_and(|o| o.status != Status::Alive) {
+                self.updates.enqueue(fact, n);
+            } else if old.is_none() || old.is_some_and(|o| o.incarnation < new.incarnation) {
+                self.announce_join(fact);
+            }
         }
         self.changes.push_back(Change::Member { node, old, new });
         match new.status {
             Status::Alive => self.suspicions.remove(&node),
-            Status::Suspect => {
-                let timeout = self.suspicion_timeout(n, 0);
-                self.suspicions.insert(
-                    node,
-                    Suspicion {
-                        incarnation: new.incarnation,
-                        started: now,
-                        deadline: now + timeout,
-                        accuser,
-                        confirmers: Vec::new(),
-                    },
-                );
-            }
+            Status::Suspect => {}
             Status::Dead | Status::Left => {
                 self.suspicions.remove(&node);
                 if self.probe.as_ref().is_some_and(|p| p.target == node) {
@@ -591,7 +916,13 @@ impl Swim {
 
     /// The probe `p` got no ack in its period: count it against this node's health (and each
     /// helper that sent no `Nack` too), then suspect the target, or confirm its suspicion.
-    fn close_failed_probe(&mut self, now: Instant, p: &Probe, active: &[NodeId]) {
+    fn close_failed_probe(
+        &mut self,
+        now: Instant,
+        p: &Probe,
+        active: &[NodeId],
+        auth: &dyn Authenticator,
+    ) {
         self.stats.failed_probes += 1;
         self.health.worse();
         // Lifeguard: helpers that sent neither ack nor nack point at our own link
@@ -604,35 +935,29 @@ impl Swim {
         let Some(e) = self.members.get(&p.target).copied() else {
             return;
         };
+        let state = MemberState {
+            incarnation: e.state.incarnation,
+            status: Status::Suspect,
+        };
         if e.state.status == Status::Alive {
             self.stats.suspicions_raised += 1;
-            let state = MemberState {
-                incarnation: e.state.incarnation,
-                status: Status::Suspect,
-            };
-            let me = self.me;
-            self.apply(
-                now,
-                MemberUpdate {
-                    node: p.target,
-                    state,
-                    accuser: Some(me),
-                },
-                active,
-            );
-        } else if e.state.status == Status::Suspect {
-            let me = self.me;
-            if self.confirm_suspicion(p.target, e.state.incarnation, me) {
-                // gossip the independent confirmation so others shorten theirs too
+            let evict = active.contains(&p.target);
+            if let Applied::Changed { old } =
+                self.members
+                    .apply(now, p.target, state, self.window, evict, |x| {
+                        active.contains(x)
+                    })
+            {
+                let fact = self.accusation(p.target, state, auth);
+                self.suspect(now, p.target, old, state, None, fact);
+            }
+        } else if e.state.status == Status::Suspect
+            && self.confirm_suspicion(p.target, e.state.incarnation, None)
+        {
+            // gossip the independent confirmation so others shorten theirs too
+            if let Some(fact) = self.accusation(p.target, state, auth) {
                 let n = self.n_est();
-                self.updates.enqueue(
-                    MemberUpdate {
-                        node: p.target,
-                        state: e.state,
-                        accuser: Some(me),
-                    },
-                    n,
-                );
+                self.updates.enqueue(fact, n);
             }
         }
     }
@@ -670,9 +995,15 @@ impl Swim {
     }
 }
 
+/// `Alive` at `incarnation`.
+fn mine_at(incarnation: u64) -> MemberState {
+    MemberState::alive(incarnation)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::ModelAuth;
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
 
@@ -691,7 +1022,12 @@ mod tests {
             MemberTable::new(64, 1),
             10,
             Duration::from_secs(600),
+            &auth(0),
         )
+    }
+
+    fn auth(b: u8) -> ModelAuth {
+        ModelAuth::new(n(b), 7)
     }
 
     fn drain(s: &mut Swim) -> Vec<Change> {
@@ -705,14 +1041,20 @@ mod tests {
         let mut out = Outbox::new();
         let active = [n(1)];
         let t0 = Instant::ZERO + Duration::from_secs(1);
-        s.probe_tick(t0, &active, &[], false, &mut rng, &mut out);
+        s.probe_tick(t0, &active, &[], false, &mut rng, &mut out, &auth(0));
         assert!(matches!(out.pop_front(), Some((to, Message::Ping { .. })) if to == n(1)));
         // the direct ack is late: no helper to ask (n(1) is the only neighbour)
-        s.on_timeout(t0 + Duration::from_millis(400), &active, &mut rng, &mut out);
+        s.on_timeout(
+            t0 + Duration::from_millis(400),
+            &active,
+            &mut rng,
+            &mut out,
+            &auth(0),
+        );
         assert!(out.is_empty());
         // the period ends without an ack: suspect
         let t1 = t0 + Duration::from_secs(2);
-        s.probe_tick(t1, &active, &[], false, &mut rng, &mut out);
+        s.probe_tick(t1, &active, &[], false, &mut rng, &mut out, &auth(0));
         assert_eq!(s.stats().failed_probes, 1);
         assert_eq!(s.lhm(), 1);
         let changes = drain(&mut s);
@@ -722,7 +1064,7 @@ mod tests {
         );
         // nobody refutes: dead at the suspicion deadline
         let deadline = s.poll_timeout().max(t1 + s.suspicion_timeout(10, 0));
-        s.on_timeout(deadline, &active, &mut rng, &mut out);
+        s.on_timeout(deadline, &active, &mut rng, &mut out, &auth(0));
         assert_eq!(s.stats().declared_dead, 1);
         assert_eq!(
             s.members().get(&n(1)).map(|e| e.state.status),
@@ -739,14 +1081,26 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(1);
         let mut out = Outbox::new();
         let now = Instant::ZERO;
-        s.on_ping_req(now, n(1), 7, n(2), &mut out);
+        s.on_ping_req(now, n(1), 7, n(2), &mut out, &auth(0));
         let seq = match out.pop_front() {
             Some((to, Message::Ping { seq, .. })) if to == n(2) => seq,
             other => panic!("expected a ping to the target, got {other:?}"),
         };
-        s.on_timeout(now + Duration::from_millis(200), &[], &mut rng, &mut out);
+        s.on_timeout(
+            now + Duration::from_millis(200),
+            &[],
+            &mut rng,
+            &mut out,
+            &auth(0),
+        );
         assert_eq!(out.pop_front(), Some((n(1), Message::Nack { seq: 7 })));
-        s.on_ack(now + Duration::from_millis(300), n(2), seq, &mut out);
+        s.on_ack(
+            now + Duration::from_millis(300),
+            n(2),
+            seq,
+            &mut out,
+            &auth(0),
+        );
         assert!(matches!(out.pop_front(), Some((to, Message::Ack { seq: 7, .. })) if to == n(1)));
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
 
+use crate::auth::Signature;
 use crate::heal::{MemberState, Status};
 use crate::id::NodeId;
 use crate::time::{Duration, Instant};
@@ -19,6 +20,34 @@ pub struct MemberInfo {
     pub changed_at: Instant,
     /// Smoothed RTT in microseconds, if measured.
     pub rtt_us: Option<u32>,
+    /// The highest incarnation the member itself signed `Alive` for, with that signature
+    /// (relayed with its liveness, and the proof every accusation about it carries).
+    pub alive_sig: Option<(u64, Signature)>,
+    /// The member's own signature over `Left(state.incarnation)`, when it left.
+    pub left_sig: Option<Signature>,
+    /// This node heard from the member first-hand (a message whose authenticated sender it
+    /// was): only such members count towards a quorum of accusers.
+    pub direct: bool,
+    /// The member spoke of itself at a lower incarnation than this node holds (it restarted):
+    /// the next message to it carries what this node holds, so it signs above it.
+    pub behind: bool,
+    /// Start of the member's current accusation window and the accusations it made in it.
+    pub accusations: (Instant, u32),
+}
+
+impl MemberInfo {
+    fn new(state: MemberState, now: Instant) -> Self {
+        MemberInfo {
+            state,
+            changed_at: now,
+            rtt_us: None,
+            alive_sig: None,
+            left_sig: None,
+            direct: false,
+            behind: false,
+            accusations: (now, 0),
+        }
+    }
 }
 
 /// The bounded member table: a cache of the membership CRDT.
@@ -124,15 +153,13 @@ impl MemberTable {
                 None => return Applied::Unchanged,
             }
         }
-        self.entries.insert(
-            node,
-            MemberInfo {
-                state,
-                changed_at: now,
-                rtt_us: None,
-            },
-        );
+        self.entries.insert(node, MemberInfo::new(state, now));
         Applied::Changed { old: None }
+    }
+
+    /// The entry for `n`, to update its signatures and flags.
+    pub(crate) fn get_mut(&mut self, n: &NodeId) -> Option<&mut MemberInfo> {
+        self.entries.get_mut(n)
     }
 
     /// Folds an RTT sample into the member's estimate.

@@ -24,10 +24,13 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
+use mesh_protocol::membership::statement::{sign_accusation, sign_self};
+use mesh_protocol::wire::MemberUpdate;
 use mesh_protocol::{
     Command, Event, Instant, Message, ModelAuth, MsgId, Node, NodeConfig, NodeId, Reachability,
     Status,
 };
+use mesh_protocol::{MemberState, Signature};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -75,6 +78,22 @@ pub struct SimConfig {
     pub byzantine_root: bool,
     /// What the Byzantine nodes do to the tree.
     pub tree_attack: TreeAttack,
+    /// What the Byzantine nodes do to membership.
+    pub member_attack: MemberAttack,
+}
+
+/// A Byzantine behaviour against membership, run by the simulator on a Byzantine node's
+/// SWIM messages (its core runs honestly inside; only the piggybacked updates are changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberAttack {
+    /// Honest.
+    None,
+    /// Every SWIM message carries, after the sender's own statement: a validly signed
+    /// `Dead` accusation about the honest member all Byzantine nodes target this second (at
+    /// its real incarnation, with its real proof, when the sender holds it), a `Suspect` one
+    /// about a random honest member it knows, `Dead` at `u64::MAX` with a made-up proof, and a
+    /// Sybil join: a made-up id's `Alive` signed with the sender's own key (or unsigned).
+    FalseAccusations,
 }
 
 /// A Byzantine behaviour against the tree, run by the simulator on a Byzantine node's output
@@ -117,6 +136,7 @@ impl SimConfig {
             byzantine: 0.0,
             byzantine_root: false,
             tree_attack: TreeAttack::None,
+            member_attack: MemberAttack::None,
         }
     }
 }
@@ -209,6 +229,12 @@ pub struct Report {
     pub suspicions: u64,
     /// Distinct `(node, incarnation)` of live, reachable nodes declared dead.
     pub false_dead_incidents: u64,
+    /// Distinct live honest nodes some honest node declared dead (Byzantine runs: must be 0).
+    pub honest_removed: u64,
+    /// Membership statements dropped for a bad signature, summed over live honest nodes.
+    pub invalid_statements: u64,
+    /// Accusations dropped (unknown accuser or over its rate), summed over live honest nodes.
+    pub accusations_dropped: u64,
     /// `Dead` beliefs adopted by observers about live, reachable nodes.
     pub false_dead_observations: u64,
     /// Crash-detections: `Dead` beliefs about crashed nodes (true positives).
@@ -308,6 +334,11 @@ impl Report {
             "false dead incidents (rate)    {} ({:.2e}/probe)",
             self.false_dead_incidents,
             self.false_positive_rate()
+        );
+        let _ = writeln!(
+            s,
+            "honest removed / invalid / acc dropped {} / {} / {}",
+            self.honest_removed, self.invalid_statements, self.accusations_dropped
         );
         let _ = writeln!(
             s,
@@ -503,6 +534,7 @@ struct Sim {
     pending_script: u64,
     last_script: u64,
     false_incidents: BTreeSet<(u32, u64)>,
+    honest_removed: BTreeSet<u32>,
     false_obs: u64,
     true_obs: u64,
     sent: u64,
@@ -631,6 +663,7 @@ impl Sim {
 
     /// What a Byzantine node sends instead of `msg` (`None`: nothing).
     fn byzantine_output(&self, from: u32, msg: Message) -> Option<Message> {
+        let msg = self.false_accusations(from, msg);
         let attack = self.cfg.tree_attack;
         if attack == TreeAttack::None || !self.byz[from as usize] {
             return Some(msg);
@@ -672,6 +705,100 @@ impl Sim {
         }
     }
 
+    /// [`MemberAttack::FalseAccusations`] on a Byzantine node's SWIM message.
+    fn false_accusations(&self, from: u32, msg: Message) -> Message {
+        if self.cfg.member_attack == MemberAttack::None || !self.byz[from as usize] {
+            return msg;
+        }
+        let Some(node) = self.slots[from as usize].node.as_ref() else {
+            return msg;
+        };
+        let me = node_id(from);
+        let n = self.slots.len() as u64;
+        let second = self.now / (1000 * MS);
+        let honest = |j: u64| -> Option<u32> {
+            let j = (j % n.max(1)) as u32;
+            (!self.byz[j as usize]).then_some(j)
+        };
+        let proof = |j: u32| node.members().get(&node_id(j)).and_then(|e| e.alive_sig);
+        let mut bad = Vec::new();
+        // the common victim of this second (all Byzantine nodes collude on it)
+        if let Some(v) = honest(splitmix(self.cfg.seed ^ second))
+            && let Some((inc, sig)) = proof(v)
+        {
+            let dead = MemberState {
+                incarnation: inc,
+                status: Status::Dead,
+            };
+            bad.push(sign_accusation(node.auth(), me, node_id(v), dead, sig));
+        }
+        // a random honest member it knows, suspected
+        let known: Vec<(NodeId, (u64, Signature))> = node
+            .members()
+            .iter()
+            .filter(|(k, _)| !self.byz[index_of(k) as usize % self.byz.len()])
+            .filter_map(|(k, e)| e.alive_sig.map(|p| (*k, p)))
+            .take(32)
+            .collect();
+        let pick = splitmix(self.now ^ from as u64) as usize;
+        if let Some((t, (inc, sig))) = known.get(pick % known.len().max(1)).copied() {
+            let sus = MemberState {
+                incarnation: inc,
+                status: Status::Suspect,
+            };
+            bad.push(sign_accusation(node.auth(), me, t, sus, sig));
+            // dead at u64::MAX: no proof exists, so a made-up one
+            let mut forged = sign_accusation(
+                node.auth(),
+                me,
+                t,
+                MemberState {
+                    incarnation: u64::MAX,
+                    status: Status::Dead,
+                },
+                [0xab; 64],
+            );
+            forged.sig[0] ^= 1;
+            bad.push(forged);
+        }
+        // a Sybil join: an id nobody holds, signed with the attacker's key or not at all
+        let mut sybil_id = [0u8; 32];
+        sybil_id[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        sybil_id[4..12].copy_from_slice(&splitmix(pick as u64).to_le_bytes());
+        let sybil = NodeId(sybil_id);
+        let mut join = sign_self(node.auth(), me, MemberState::alive(0));
+        join.node = sybil;
+        if pick % 2 == 0 {
+            join.sig = [0; 64];
+        }
+        bad.push(join);
+        let rewrite = |updates: Vec<MemberUpdate>| {
+            let mut v: Vec<MemberUpdate> = updates.into_iter().take(1).collect();
+            v.extend(bad.iter().copied());
+            v
+        };
+        match msg {
+            Message::Ping { seq, updates } => Message::Ping {
+                seq,
+                updates: rewrite(updates),
+            },
+            Message::Ack { seq, updates } => Message::Ack {
+                seq,
+                updates: rewrite(updates),
+            },
+            Message::PingReq {
+                seq,
+                target,
+                updates,
+            } => Message::PingReq {
+                seq,
+                target,
+                updates: rewrite(updates),
+            },
+            other => other,
+        }
+    }
+
     fn observe(&mut self, i: u32, e: Event) {
         match e {
             Event::Delivered(d) => {
@@ -691,6 +818,9 @@ impl Sim {
                     } else if !self.partition_seen {
                         self.false_obs += 1;
                         self.false_incidents.insert((s, state.incarnation));
+                        if !self.byz[i as usize] && !self.byz[s as usize] {
+                            self.honest_removed.insert(s);
+                        }
                     }
                 }
             }
@@ -1078,6 +1208,7 @@ impl Sim {
             (0, 0, 0usize, 0usize, 0usize);
         let mut not_connected = 0;
         let (mut grafts, mut prunes) = (0, 0);
+        let (mut invalid_statements, mut accusations_dropped) = (0, 0);
         let mut tree = TreeReport::default();
         let mut roots = BTreeSet::new();
         for (i, s) in self.slots.iter().enumerate() {
@@ -1105,6 +1236,11 @@ impl Sim {
                 }
                 probes += st.swim.probes;
                 suspicions += st.swim.suspicions_raised;
+                if !self.byz[i] {
+                    invalid_statements += st.swim.invalid_statements;
+                    accusations_dropped +=
+                        st.swim.unknown_accusers + st.swim.accusations_rate_limited;
+                }
                 grafts += st.gossip.grafts;
                 prunes += st.gossip.prunes;
                 act += node.active_view().len();
@@ -1144,6 +1280,9 @@ impl Sim {
             probes,
             suspicions,
             false_dead_incidents: self.false_incidents.len() as u64,
+            honest_removed: self.honest_removed.len() as u64,
+            invalid_statements,
+            accusations_dropped,
             false_dead_observations: self.false_obs,
             true_dead_observations: self.true_obs,
             messages_sent: self.sent,
@@ -1227,6 +1366,7 @@ pub fn run(cfg: &SimConfig) -> Report {
         pending_script: 0,
         last_script: 0,
         false_incidents: BTreeSet::new(),
+        honest_removed: BTreeSet::new(),
         false_obs: 0,
         true_obs: 0,
         sent: 0,

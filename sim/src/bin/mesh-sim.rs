@@ -80,8 +80,12 @@ fn main() {
         cfg.tree_attack = match get("--attack").as_deref() {
             None | Some("withhold") => mesh_sim::TreeAttack::Withhold,
             Some("fake-root") => mesh_sim::TreeAttack::FakeRoot,
+            Some("false-accusations") => {
+                cfg.member_attack = mesh_sim::MemberAttack::FalseAccusations;
+                mesh_sim::TreeAttack::None
+            }
             Some(other) => {
-                eprintln!("--attack must be withhold or fake-root, not {other}");
+                eprintln!("--attack must be withhold, fake-root or false-accusations, not {other}");
                 std::process::exit(2);
             }
         };
@@ -109,9 +113,12 @@ fn main() {
         "wall time s                    {:.1}",
         t.elapsed().as_secs_f64()
     );
-    if cfg.tree_attack != mesh_sim::TreeAttack::None {
+    if cfg.tree_attack != mesh_sim::TreeAttack::None
+        || cfg.member_attack != mesh_sim::MemberAttack::None
+    {
         let honest_cfg = mesh_sim::SimConfig {
             tree_attack: mesh_sim::TreeAttack::None,
+            member_attack: mesh_sim::MemberAttack::None,
             ..cfg.clone()
         };
         let t = WallClock::now();
@@ -127,7 +134,7 @@ fn main() {
         println!(
             "p99 delivery-time inflation    {:.2}x ({:?}, {} Byzantine of {})",
             mesh_sim::p99_inflation(&report, &honest),
-            cfg.tree_attack,
+            (cfg.tree_attack, cfg.member_attack),
             report.byzantine,
             report.nodes
         );

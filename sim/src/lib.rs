@@ -768,7 +768,7 @@ impl Sim {
         let sybil = NodeId(sybil_id);
         let mut join = sign_self(node.auth(), me, MemberState::alive(0));
         join.node = sybil;
-        if pick % 2 == 0 {
+        if pick.is_multiple_of(2) {
             join.sig = [0; 64];
         }
         bad.push(join);

@@ -847,6 +847,39 @@ mod tests {
     }
 
     #[test]
+    fn updates_carry_their_signatures_and_an_accuser_exactly_for_accusations() {
+        let alive = MemberUpdate {
+            node: NodeId([1; 32]),
+            state: MemberState::alive(3),
+            sig: [2; SIGNATURE_LEN],
+            accuser: None,
+        };
+        let mut buf = Vec::new();
+        Message::Ping {
+            seq: 1,
+            updates: vec![alive],
+        }
+        .encode(&mut buf);
+        assert_eq!(buf.len(), 1 + 4 + 1 + UPDATE_LEN);
+        // the status byte says Dead but no accuser follows: refused
+        buf[1 + 4 + 1 + 32 + 8] = Status::Dead as u8;
+        assert_eq!(Message::decode(&buf), Err(DecodeError::InvalidValue));
+        // eleven self statements would exceed the byte budget: the encoder keeps ten, and
+        // five accusations fill it
+        let acc = MemberUpdate {
+            state: MemberState {
+                incarnation: 3,
+                status: Status::Suspect,
+            },
+            accuser: Some((NodeId([4; 32]), [5; SIGNATURE_LEN])),
+            ..alive
+        };
+        assert_eq!(updates_that_fit(&[alive; 11]), 10);
+        assert_eq!(updates_that_fit(&[acc; 10]), 5);
+        assert_eq!(updates_that_fit(&[acc, acc, acc, acc, alive, alive]), 6);
+    }
+
+    #[test]
     fn hostile_counts_are_rejected_before_allocation() {
         assert_eq!(Message::decode(&[13, 200]), Err(DecodeError::TooLong(200)));
         assert_eq!(Message::decode(&[13, 20]), Err(DecodeError::Truncated));

@@ -270,6 +270,25 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// The refutation rule signed membership relies on: whatever is claimed about a
+        /// member at an incarnation it signed (always below `u64::MAX`, see
+        /// `membership::statement`), its fresh `Alive(i + 1)` wins the join, in any order.
+        #[test]
+        fn a_fresh_alive_beats_every_claim_about_an_older_incarnation(
+            i in 0u64..u64::MAX, s in 0u8..4, j in 0u64..u64::MAX,
+        ) {
+            let claim = MemberState {
+                incarnation: i.min(j),
+                status: Status::from_u8(s).unwrap_or(Status::Dead),
+            };
+            let fresh = MemberState::alive(i.max(j).saturating_add(1).max(claim.incarnation + 1));
+            prop_assert!(claim.is_superseded_by(&fresh));
+            prop_assert_eq!(claim.join(fresh), fresh);
+            prop_assert_eq!(fresh.join(claim), fresh);
+        }
+    }
+
     #[test]
     fn only_a_higher_incarnation_refutes_a_death() {
         let dead = MemberState {

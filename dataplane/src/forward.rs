@@ -152,36 +152,27 @@ impl Forwarding {
             &set.origin
         };
         let k = choose_peers(&mut self.rng, peers, None, &mut self.dests[..self.fanout]);
-        let mut msgs = recycle_msgs(std::mem::take(&mut self.msgs));
+        let mut msgs = crate::pipeline::recycle(std::mem::take(&mut self.msgs));
         msgs.extend(self.dests[..k].iter().map(|d| (*d, bytes)));
         let sent = tx.send_batch(&msgs).unwrap_or(0);
         self.sent += sent as u64;
         self.failed += (msgs.len() - sent) as u64;
-        self.msgs = recycle_msgs(msgs);
+        self.msgs = crate::pipeline::recycle(msgs);
     }
 
     /// Sends what was queued.
     pub(crate) fn flush<T: TxSink>(&mut self, tx: &mut T) {
         if !self.tx.is_empty() {
-            let mut msgs = recycle_msgs(std::mem::take(&mut self.msgs));
+            let mut msgs = crate::pipeline::recycle(std::mem::take(&mut self.msgs));
             msgs.extend(self.tx.iter().map(|(d, i)| (*d, &self.bufs[*i][..])));
             let sent = tx.send_batch(&msgs).unwrap_or(0);
             self.sent += sent as u64;
             self.failed += (msgs.len() - sent) as u64;
-            self.msgs = recycle_msgs(msgs);
+            self.msgs = crate::pipeline::recycle(msgs);
         }
         self.used = 0;
         self.tx.clear();
     }
-}
-
-/// Reuses a send list's allocation for borrows of another lifetime: the
-/// vector is emptied first, and in-place collection keeps its buffer.
-fn recycle_msgs<'b>(mut v: Vec<(SocketAddr, &[u8])>) -> Vec<(SocketAddr, &'b [u8])> {
-    v.clear();
-    v.into_iter()
-        .map(|_| unreachable!("vector was cleared"))
-        .collect()
 }
 
 #[cfg(test)]

@@ -456,9 +456,11 @@ impl Pipeline {
     }
 }
 
-/// Reuses a vector's allocation for borrows of another lifetime: the vector
-/// is emptied first, and in-place collection keeps its buffer.
-pub(crate) fn recycle<'a, 'b>(mut v: Vec<Accepted<'a>>) -> Vec<Accepted<'b>> {
+/// Reuses a vector's allocation for another element type of the same size
+/// and alignment (in practice: the same type with borrows of another
+/// lifetime): the vector is emptied first, and in-place collection keeps its
+/// buffer, so scratch vectors of borrowed views cost no allocation per batch.
+pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.clear();
     v.into_iter()
         .map(|_| unreachable!("vector was cleared"))

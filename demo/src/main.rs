@@ -213,9 +213,13 @@ fn run(
     // Wait for the mesh to form: every node has a neighbour, admits every
     // origin and follows the same tree root.
     let t0 = Instant::now();
+    // A node is ready once it has a neighbour, admits every origin, and sits in the tree:
+    // the root, or attached to a parent.
     let formed = |s: &serde_json::Value| {
+        let tree = &s["overlay"]["tree"];
         s["overlay"]["active"].as_u64().unwrap_or(0) >= 1
             && s["overlay"]["admitted"].as_u64().unwrap_or(0) as usize >= args.nodes
+            && (tree["is_root"] == true || tree["parent"].is_string())
     };
     loop {
         let mut ready = 0;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use dataplane::profile::{self, Profile};
 use dataplane::forward::ForwardSet;
+use dataplane::profile::{self, Profile};
 use dataplane::tile::{self, TileConfig, TileHandle, handoff};
 use dataplane::xdp::{MeshXdp, XdpControl, XdpMode, XdpSettings};
 use dataplane::xsk::{BindMode, XskSocket};

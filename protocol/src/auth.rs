@@ -79,8 +79,14 @@ mod tests {
         let (sa, sb) = (ModelAuth::new(a, 7), ModelAuth::new(b, 7));
         let sig = sa.sign(b"mesh/test/1 hello");
         assert!(sb.verify(&a, b"mesh/test/1 hello", &sig), "anyone checks");
-        assert!(!sb.verify(&b, b"mesh/test/1 hello", &sig), "bound to the signer");
-        assert!(!sb.verify(&a, b"mesh/test/1 hellp", &sig), "bound to the statement");
+        assert!(
+            !sb.verify(&b, b"mesh/test/1 hello", &sig),
+            "bound to the signer"
+        );
+        assert!(
+            !sb.verify(&a, b"mesh/test/1 hellp", &sig),
+            "bound to the statement"
+        );
         assert_ne!(sb.sign(b"mesh/test/1 hello"), sig, "b cannot sign as a");
         let other_mesh = ModelAuth::new(b, 8);
         assert!(!other_mesh.verify(&a, b"mesh/test/1 hello", &sig));

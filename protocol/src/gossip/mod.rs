@@ -161,6 +161,8 @@ pub struct GossipStats {
     /// Repaired payloads the tree parent had not delivered within the grace (withholding
     /// evidence reported through [`Plumtree::poll_withheld`]).
     pub withheld: u64,
+    /// Ids named again within one graft or pull, not answered again.
+    pub repeated_ids: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -634,8 +636,16 @@ impl Plumtree {
         }
     }
 
+    /// Answers a graft or pull: each requested id at most once per request (a request
+    /// naming one id many times must not multiply what it costs to answer), at most
+    /// `MAX_IDS` ids.
     fn send_payloads(&mut self, to: NodeId, ids: &[MsgId], out: &mut Outbox) {
-        for id in ids.iter().take(MAX_IDS) {
+        let ids = &ids[..ids.len().min(MAX_IDS)];
+        for (i, id) in ids.iter().enumerate() {
+            if ids[..i].contains(id) {
+                self.stats.repeated_ids += 1;
+                continue;
+            }
             if let Some(Stored {
                 payload: Some(p),
                 round,
@@ -1201,5 +1211,24 @@ mod tests {
         );
         p.on_pull(n(1), &[m(1)], &mut out);
         assert!(!out.iter().any(|(_, m)| m.is_payload()));
+    }
+
+    #[test]
+    fn a_pull_naming_one_id_many_times_is_answered_once() {
+        let mut g = Plumtree::new(GossipConfig::default(), Instant::ZERO);
+        let mut out = Outbox::new();
+        let id = MsgId([9; 16]);
+        let _ = g.broadcast(Instant::ZERO, id, vec![1, 2, 3], &mut out);
+        out.clear();
+        g.on_pull(NodeId([2; 32]), &[id; MAX_IDS], &mut out);
+        let answers = out
+            .iter()
+            .filter(|(_, m)| matches!(m, Message::Gossip { .. }))
+            .count();
+        assert_eq!(answers, 1, "the old code answered {MAX_IDS} times");
+        assert_eq!(g.stats().repeated_ids, MAX_IDS as u64 - 1);
+        out.clear();
+        g.on_graft(NodeId([2; 32]), true, &[id, id, id], &mut out);
+        assert_eq!(out.len(), 1);
     }
 }

@@ -152,11 +152,7 @@ pub struct Accepted<'a> {
 impl<'a> Accepted<'a> {
     /// What the verifier checks for this message.
     pub fn verify_item(&self) -> VerifyItem<'a> {
-        VerifyItem {
-            public_key: self.packet.origin(),
-            message: self.packet.signed_bytes(),
-            signature: self.packet.signature(),
-        }
+        VerifyItem::of(&self.packet)
     }
 }
 

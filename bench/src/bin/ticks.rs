@@ -434,11 +434,7 @@ fn stage_budget(clock: &Clock) {
         }
         let t2 = tsc::now();
         for (j, p) in views.iter().enumerate() {
-            items[j] = VerifyItem {
-                public_key: p.origin(),
-                message: p.signed_bytes(),
-                signature: p.signature(),
-            };
+            items[j] = VerifyItem::of(p);
         }
         verifier.verify_batch(&items[..views.len()], &mut verdicts);
         let t3 = tsc::now();

@@ -339,13 +339,8 @@ impl Driver {
             self.links.count(Outcome::Received, 1);
             return; // known: not checked again (no verify work for repeats)
         }
-        let verifies = |p: &Packet<'_>| {
-            dataplane::verify::verify_one(&dataplane::verify::VerifyItem {
-                public_key: p.origin(),
-                message: p.signed_bytes(),
-                signature: p.signature(),
-            })
-        };
+        let verifies =
+            |p: &Packet<'_>| dataplane::verify::verify_one(&dataplane::verify::VerifyItem::of(p));
         let proves = pa.origin() == pb.origin()
             && pa.sequence() == pb.sequence()
             && pa.message_id() != pb.message_id()

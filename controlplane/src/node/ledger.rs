@@ -262,10 +262,8 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::id as n;
 
-    fn n(b: u8) -> NodeId {
-        NodeId([b; 32])
-    }
     fn m(b: u8) -> MsgId {
         MsgId([b; 16])
     }

@@ -117,6 +117,18 @@ pub struct VerifyItem<'a> {
     pub signature: &'a [u8; 64],
 }
 
+impl<'a> VerifyItem<'a> {
+    /// What the verifier checks for a signed datagram: its origin's key over its signed
+    /// bytes.
+    pub fn of(packet: &crate::wire::Packet<'a>) -> VerifyItem<'a> {
+        VerifyItem {
+            public_key: packet.origin(),
+            message: packet.signed_bytes(),
+            signature: packet.signature(),
+        }
+    }
+}
+
 impl VerifyItem<'static> {
     /// A placeholder item (all-zero key and signature; never valid: the
     /// all-zero key is a point of order 4), for initialising fixed-size arrays

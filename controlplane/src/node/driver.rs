@@ -125,7 +125,7 @@ impl Driver {
                 },
                 _ = tokio::time::sleep(wait) => self.on_timeout(),
                 f = transport.recv() => match f {
-                    Some((id, remote, frame)) => self.on_frame(NodeId(id.0), remote, &frame),
+                    Some((id, remote, frame)) => self.on_frame(id, remote, &frame),
                     None => break,
                 },
                 Some(d) = inputs.dials.recv() => self.on_dial_done(d),

@@ -87,11 +87,10 @@ pub(super) struct Links {
 /// connection is gone) and the next frame starts a new one.
 fn spawn_frame_writer(tr: Arc<Transport>, to: NodeId) -> mpsc::Sender<Vec<u8>> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(FRAME_QUEUE);
-    let peer = mesh_transport::NodeId(to.0);
     tokio::spawn(async move {
         while let Some(f) = rx.recv().await {
-            if let Err(e) = tr.send(&peer, &f).await {
-                tracing::debug!(%peer, error = %e, "frame not sent");
+            if let Err(e) = tr.send(&to, &f).await {
+                tracing::debug!(peer = %to, error = %e, "frame not sent");
                 return;
             }
         }
@@ -138,7 +137,7 @@ impl Links {
     /// Sends `frame` to `to`: at once when connected, else after a dial to `addr` (the book's
     /// address for `to`) that must reach `to`'s id. Counted `unsent` when neither works.
     pub(super) fn send(&mut self, to: NodeId, addr: Option<SocketAddr>, frame: Vec<u8>) {
-        if self.transport.is_connected(&mesh_transport::NodeId(to.0)) {
+        if self.transport.is_connected(&to) {
             self.write(to, vec![frame]);
             return;
         }
@@ -159,12 +158,11 @@ impl Links {
             return;
         };
         let (tr, done) = (self.transport.clone(), self.dial_tx.clone());
-        let peer = mesh_transport::NodeId(to.0);
         tokio::spawn(async move {
-            let ok = match tr.connect(ctrl, Some(peer)).await {
+            let ok = match tr.connect(ctrl, Some(to)).await {
                 Ok(_) => true,
                 Err(e) => {
-                    tracing::debug!(%ctrl, %peer, error = %e, "dial failed");
+                    tracing::debug!(%ctrl, peer = %to, error = %e, "dial failed");
                     false
                 }
             };
@@ -174,7 +172,7 @@ impl Links {
 
     /// Sends `frame` to `to` only if a connection is up (no dial); returns whether it was queued.
     pub(super) fn send_if_connected(&mut self, to: NodeId, frame: Vec<u8>) -> bool {
-        if !self.transport.is_connected(&mesh_transport::NodeId(to.0)) {
+        if !self.transport.is_connected(&to) {
             return false;
         }
         self.write(to, vec![frame]);
@@ -279,7 +277,7 @@ impl Links {
             let (tr, done) = (self.transport.clone(), self.dial_tx.clone());
             tokio::spawn(async move {
                 let id = match tr.connect(ctrl, None).await {
-                    Ok(c) => Some(NodeId(c.node_id.0)),
+                    Ok(c) => Some(c.node_id),
                     Err(e) => {
                         tracing::debug!(%ctrl, error = %e, "seed dial failed");
                         None
@@ -320,7 +318,7 @@ mod tests {
         a.connect(b.local_addr().expect("addr"), Some(b_id))
             .await
             .expect("connect");
-        let q = spawn_frame_writer(a.clone(), NodeId(b_id.0));
+        let q = spawn_frame_writer(a.clone(), b_id);
         for i in 0..500u32 {
             q.try_send(i.to_le_bytes().to_vec())
                 .expect("queue has room");

@@ -212,14 +212,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let clock = driver::Clock {
         origin: std::time::Instant::now(),
     };
-    let core_id = mesh_protocol::NodeId(me.0);
     let (dial_tx, dial_rx) = mpsc::channel(1024);
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let drv = driver::Driver {
-        me: core_id,
+        me,
         core: Core::new(
             core_config(&cfg),
-            core_id,
+            me,
             0,
             clock.now(),
             SmallRng::seed_from_u64(fastpath::random_u64()),
